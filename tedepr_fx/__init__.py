@@ -1,0 +1,43 @@
+"""tedepr_fx: TEDEPR (tensor decomposition + pruning at initialization) as a torch.fx pass.
+
+The public names are loaded lazily, so that ``tedepr-fx check`` and
+``import tedepr_fx`` stay fast and do not import torch until a name needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from tedepr_fx.errors import BudgetError, CaptureError, DataError, LayerError, RuleError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "load_rules": "tedepr_fx.rules",
+    "RuleSet": "tedepr_fx.rules",
+    "transform": "tedepr_fx.api",
+    "plan": "tedepr_fx.api",
+    "report": "tedepr_fx.api",
+    "save": "tedepr_fx.api",
+    "load": "tedepr_fx.api",
+    "Plan": "tedepr_fx.report",
+    "Report": "tedepr_fx.report",
+}
+
+__all__ = [
+    "BudgetError", "CaptureError", "DataError", "LayerError", "RuleError", "__version__", *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tedepr_fx' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tedepr_fx.api import load, plan, report, save, transform
+    from tedepr_fx.report import Plan, Report
+    from tedepr_fx.rules import RuleSet, load_rules

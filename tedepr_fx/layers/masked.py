@@ -1,0 +1,181 @@
+"""The fine-grained mask mechanism shared by every layer tedepr_fx builds.
+
+A prunable tensor ``<name>`` (a dense ``weight`` or a factor such as ``core_1``)
+carries a boolean buffer ``<name>_mask`` of the same shape in the *same* module.
+``forward`` reads the tensor through :meth:`MaskedMixin.masked`, which multiplies
+it by its mask, so no optimizer, momentum or weight decay can revive a pruned
+entry: its effective value is zero whatever the stored value becomes.
+
+Because the masks are ordinary buffers they are saved in ``state_dict``, moved by
+``.to()``, copied by ``deepcopy``, pickled by ``torch.save`` and broadcast by DDP.
+Masks exist from construction (all ``True``), so a pruned model's state_dict
+loads into a freshly transformed, not yet pruned one.
+
+Every module in :mod:`tedepr_fx.layers` also answers the accounting questions
+of :class:`Accounting`: dense, stored and kept weight counts, and FLOPs.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@runtime_checkable
+class Accounting(Protocol):
+    """What every tedepr_fx layer reports about itself.
+
+    FLOPs count a multiply-add as 2 operations, for one forward pass over an
+    input of the given shape (batch included); biases and masks are not counted.
+    Weight counts exclude biases.
+    """
+
+    dense_params: int  # weights of the original dense layer
+
+    def stored_params(self) -> int: ...  # weight entries the module stores (factors)
+
+    def kept_params(self) -> int: ...  # stored entries whose mask is True
+
+    def flops(self, input_shape: tuple[int, ...]) -> int: ...
+
+    def to_dense(self) -> torch.Tensor: ...  # effective weight, original layout
+
+
+class MaskedMixin:
+    """Mixin for modules whose tensors named in ``prunable`` carry boolean masks.
+
+    Subclasses set ``prunable`` (a tuple of parameter names) and call
+    :meth:`init_masks` once their parameters exist.
+    """
+
+    prunable: tuple[str, ...] = ()
+
+    def init_masks(self) -> None:
+        for name in self.prunable:
+            param = getattr(self, name)
+            self.register_buffer(  # type: ignore[attr-defined]
+                f"{name}_mask", torch.ones(param.shape, dtype=torch.bool, device=param.device)
+            )
+
+    def get_mask(self, name: str) -> torch.Tensor:
+        self._check_prunable(name)
+        return getattr(self, f"{name}_mask")
+
+    @torch.no_grad()
+    def set_mask(self, name: str, mask: torch.Tensor) -> None:
+        """Copy ``mask`` into the buffer of ``name`` (in place, so DDP and optimizers keep their references)."""
+        current = self.get_mask(name)
+        if tuple(mask.shape) != tuple(current.shape):
+            raise ValueError(
+                f"mask for {name!r} has shape {tuple(mask.shape)}, expected {tuple(current.shape)}"
+            )
+        current.copy_(mask.to(dtype=torch.bool, device=current.device))
+
+    def masked(self, name: str) -> torch.Tensor:
+        """The effective value of a prunable tensor: the tensor times its mask."""
+        param = getattr(self, name)
+        return param * getattr(self, f"{name}_mask")
+
+    def stored_params(self) -> int:
+        return sum(getattr(self, name).numel() for name in self.prunable)
+
+    def kept_params(self) -> int:
+        return sum(int(self.get_mask(name).sum()) for name in self.prunable)
+
+    def _check_prunable(self, name: str) -> None:
+        if name not in self.prunable:
+            raise KeyError(f"{type(self).__name__} has no prunable tensor {name!r}; it has {self.prunable}")
+
+
+def iter_masked(model: nn.Module):
+    """Yield ``(qualified_module_name, module, tensor_name)`` for every prunable tensor of ``model``."""
+    for qualname, module in model.named_modules():
+        if isinstance(module, MaskedMixin):
+            for name in module.prunable:
+                yield qualname, module, name
+
+
+class MaskedLinear(MaskedMixin, nn.Linear):
+    """``nn.Linear`` whose weight carries a mask; parameter names and layout are unchanged."""
+
+    prunable = ("weight",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_masks()
+
+    @property
+    def dense_params(self) -> int:
+        return self.weight.numel()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> MaskedLinear:
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.init_masks()
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked("weight"), self.bias)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        rows = 1
+        for s in input_shape[:-1]:
+            rows *= s
+        return 2 * rows * self.in_features * self.out_features
+
+    def to_dense(self) -> torch.Tensor:
+        return self.masked("weight").detach()
+
+
+class MaskedConv2d(MaskedMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose weight carries a mask; parameter names and layout are unchanged."""
+
+    prunable = ("weight",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_masks()
+
+    @property
+    def dense_params(self) -> int:
+        return self.weight.numel()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> MaskedConv2d:
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+            bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
+        )
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.init_masks()
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked("weight"), self.bias)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        out = conv2d_output_hw(input_shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation)
+        batch = input_shape[0] if len(input_shape) == 4 else 1
+        return 2 * batch * out[0] * out[1] * self.weight.numel()
+
+    def to_dense(self) -> torch.Tensor:
+        return self.masked("weight").detach()
+
+
+def conv2d_output_hw(hw, kernel_size, stride, padding, dilation) -> tuple[int, int]:
+    """Spatial output size of a 2-d convolution (``padding`` may be ``'same'``/``'valid'``)."""
+    out = []
+    for i in range(2):
+        if padding == "same":
+            out.append((hw[i] + stride[i] - 1) // stride[i])
+            continue
+        pad = 0 if padding == "valid" else padding[i]
+        out.append((hw[i] + 2 * pad - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1)
+    return out[0], out[1]
