@@ -179,3 +179,49 @@ def conv2d_output_hw(hw, kernel_size, stride, padding, dilation) -> tuple[int, i
         pad = 0 if padding == "valid" else padding[i]
         out.append((hw[i] + 2 * pad - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1)
     return out[0], out[1]
+
+
+class MaskedTransposedLinear(MaskedMixin, nn.Module):
+    """A linear map stored as (in, out), like Hugging Face's ``Conv1D``, whose weight carries a mask.
+
+    Replaces ``transformers.pytorch_utils.Conv1D`` for ``action: prune`` with the same
+    parameter names (``weight``, ``bias``) and layout, so its state_dict still loads.
+    """
+
+    prunable = ("weight",)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.nf = out_features  # the attribute name Hugging Face code reads
+        self.weight = nn.Parameter(torch.empty(in_features, out_features, device=device, dtype=dtype))
+        self.bias = (
+            nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        )
+        self.init_masks()
+
+    @property
+    def dense_params(self) -> int:
+        return self.weight.numel()
+
+    @classmethod
+    def from_hf_conv1d(cls, conv1d: nn.Module) -> MaskedTransposedLinear:
+        nx, nf = conv1d.weight.shape
+        new = cls(nx, nf, bias=conv1d.bias is not None, device="meta")
+        new.weight = conv1d.weight
+        new.bias = conv1d.bias
+        new.init_masks()
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.masked("weight")
+        return y if self.bias is None else y + self.bias
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        rows = 1
+        for s in input_shape[:-1]:
+            rows *= s
+        return 2 * rows * self.in_features * self.out_features
+
+    def to_dense(self) -> torch.Tensor:
+        return self.masked("weight").detach()
