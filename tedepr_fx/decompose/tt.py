@@ -1,0 +1,102 @@
+"""Tensor-train factors of a dense weight: TT-SVD, and variance-preserving scratch init.
+
+Both functions return TT cores ``(r_{k-1}, q_k, r_k)`` of a tensor with dims
+``(q_1, ..., q_d)``; the layers reshape them into TT-matrix cores
+``(r_{k-1}, m_k, n_k, r_k)`` (Novikov et al., "Tensorizing Neural Networks", NeurIPS 2015).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    # SVD needs float32 at least; float64 stays float64 for the tighter exactness checks
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def tt_svd(tensor: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
+    """TT-SVD of a ``d``-way tensor (Oseledets, SIAM J. Sci. Comput. 33(5), 2011, Algorithm 1).
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        Shape ``(q_1, ..., q_d)``.
+    ranks : list[int]
+        ``d + 1`` ranks with ends 1; each at most the exact rank of its unfolding
+        (then the decomposition is exact up to rounding).
+
+    Returns
+    -------
+    list[torch.Tensor]
+        Cores ``(r_{k-1}, q_k, r_k)`` in ``tensor``'s dtype and device.
+
+    Notes
+    -----
+    Each step is one economy SVD (``full_matrices=False``) of an unfolding whose
+    size is at most the tensor's, so no intermediate exceeds the weight itself
+    (plus one float32 copy when the weight is in half precision). Done in torch
+    rather than with tensorly so it stays on the weight's device and dtype.
+    """
+    dims = list(tensor.shape)
+    d = len(dims)
+    if len(ranks) != d + 1 or ranks[0] != 1 or ranks[-1] != 1:
+        raise ValueError(f"ranks must have d + 1 = {d + 1} entries with ends 1; got {ranks}")
+    out_dtype = tensor.dtype
+    rest = tensor.to(_working_dtype(out_dtype))
+    cores = []
+    for k in range(d - 1):
+        unfolding = rest.reshape(ranks[k] * dims[k], -1)
+        u, s, vh = torch.linalg.svd(unfolding, full_matrices=False)
+        r = min(ranks[k + 1], s.numel())
+        core = u[:, :r]
+        if r < ranks[k + 1]:  # keep the requested shape; the extra bond entries are zero
+            core = torch.cat([core, core.new_zeros(core.shape[0], ranks[k + 1] - r)], dim=1)
+        cores.append(core.reshape(ranks[k], dims[k], ranks[k + 1]).to(out_dtype))
+        rest = s[:r, None] * vh[:r]
+        if r < ranks[k + 1]:
+            rest = torch.cat([rest, rest.new_zeros(ranks[k + 1] - r, rest.shape[1])], dim=0)
+        del u, s, vh, unfolding
+    cores.append(rest.reshape(ranks[d - 1], dims[d - 1], 1).to(out_dtype))
+    return cores
+
+
+def tt_core_std(ranks: list[int], target_var: float) -> float:
+    """Std of i.i.d. zero-mean Gaussian TT cores whose product has entry variance ``target_var``.
+
+    An entry of the product of ``d`` cores is a sum over ``prod(r_1 .. r_{d-1})`` paths
+    of products of ``d`` independent zero-mean entries, so
+    ``Var(W_ij) = prod_k r_k * prod_k sigma_k**2`` (derived here; the same count is the
+    basis of the TT initialisation in Novikov et al., NeurIPS 2015). With equal
+    ``sigma`` for every core, ``sigma = (target_var / prod_k r_k) ** (1 / (2 d))``.
+    """
+    d = len(ranks) - 1
+    inner = math.prod(ranks[1:-1])
+    return (target_var / inner) ** (1.0 / (2 * d))
+
+
+def tt_scratch_cores(
+    dims: list[int],
+    ranks: list[int],
+    target_var: float,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """Random TT cores ``(r_{k-1}, q_k, r_k)`` whose product has entry variance ``target_var``.
+
+    ``target_var`` is the dense layer's default init variance, e.g. ``1 / (3 fan_in)``
+    for ``nn.Linear`` / ``nn.Conv2d`` (kaiming-uniform with ``a = sqrt(5)``: bound
+    ``1/sqrt(fan_in)``, He et al., ICCV 2015) and ``1 / (3 hidden_size)`` for ``nn.LSTM``.
+    On the ``meta`` device nothing is allocated. Uses torch's global RNG.
+    """
+    std = tt_core_std(ranks, target_var)
+    cores = []
+    for k, q in enumerate(dims):
+        core = torch.empty(ranks[k], q, ranks[k + 1], device=device, dtype=dtype)
+        if core.device.type != "meta":
+            core.normal_(0.0, std)
+        cores.append(core)
+    return cores

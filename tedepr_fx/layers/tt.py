@@ -1,0 +1,515 @@
+"""Tensor-train layers: :class:`TTLinear` (TT-matrix / MPO) and :class:`TTConv2d`.
+
+A TT-matrix (Novikov et al., "Tensorizing Neural Networks", NeurIPS 2015) stores a
+weight ``W[(i_1..i_d), (j_1..j_d)]`` as cores ``core_k`` of shape
+``(r_{k-1}, m_k, n_k, r_k)`` (``m``: input modes, ``n``: output modes). The forward
+contracts the input with the cores in the order of fewest FLOPs for the actual batch
+(:mod:`tedepr_fx.layers.contraction`). :class:`TTConv2d` adds the spatial kernel as an
+extra core (Garipov et al., "Ultimate tensorization: compressing convolutional and FC
+layers alike", NIPS 2016 workshop).
+
+Every core carries a boolean mask (:class:`~tedepr_fx.layers.masked.MaskedMixin`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tedepr_fx.decompose.tt import tt_scratch_cores, tt_svd
+from tedepr_fx.layers.contraction import (
+    Groups,
+    Plan,
+    choose_plan,
+    group_cores,
+    tt_chain_apply,
+    tt_flops,
+)
+from tedepr_fx.layers.masked import MaskedMixin, conv2d_output_hw
+from tedepr_fx.layers.modes import auto_modes, check_modes
+from tedepr_fx.layers.ranks import resolve_tt_ranks
+from tedepr_fx.ranks import RankSpec, check_rank_spec
+
+
+def _check_init(init: str) -> None:
+    if init not in ("scratch", "decompose"):
+        raise ValueError(f"init must be 'scratch' or 'decompose'; got {init!r}")
+
+
+def _check_rank(rank: RankSpec) -> RankSpec:
+    rank = check_rank_spec(rank)
+    if rank == "auto":
+        raise ValueError("rank 'auto' must be resolved from the budget before a TT layer is built")
+    return rank
+
+
+def resolve_modes(
+    modes, in_features: int, out_features: int
+) -> tuple[list[int], list[int], int, int]:
+    """``modes="auto"`` (or None) or ``(in_modes, out_modes)`` -> ``(in_modes, out_modes, in_pad, out_pad)``."""
+    if modes is None:
+        modes = "auto"
+    if isinstance(modes, str):
+        if modes != "auto":
+            raise ValueError(f"modes must be 'auto' or (in_modes, out_modes); got {modes!r}")
+        return auto_modes(in_features, out_features)
+    try:
+        in_modes, out_modes = modes
+    except (TypeError, ValueError):
+        raise ValueError(f"modes must be 'auto' or (in_modes, out_modes); got {modes!r}") from None
+    in_modes = check_modes(in_features, in_modes, "in_modes")
+    out_modes = check_modes(out_features, out_modes, "out_modes")
+    if len(in_modes) != len(out_modes):
+        raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} must have the same length")
+    return in_modes, out_modes, 0, 0
+
+
+def _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad, out_pad, n_ranks):
+    if len(in_modes) != len(out_modes):
+        raise ValueError(f"in_modes {list(in_modes)} and out_modes {list(out_modes)} differ in length")
+    if math.prod(in_modes) != in_features + in_pad:
+        raise ValueError(
+            f"in_modes {list(in_modes)} multiply to {math.prod(in_modes)}, but in_features + in_pad "
+            f"= {in_features} + {in_pad}"
+        )
+    if math.prod(out_modes) != out_features + out_pad:
+        raise ValueError(
+            f"out_modes {list(out_modes)} multiply to {math.prod(out_modes)}, but out_features + out_pad "
+            f"= {out_features} + {out_pad}"
+        )
+    if len(ranks) != n_ranks or ranks[0] != 1 or ranks[-1] != 1 or min(ranks) < 1:
+        raise ValueError(f"ranks must be {n_ranks} positive ints with ends 1; got {list(ranks)}")
+
+
+class _TTCores(MaskedMixin, nn.Module):
+    """Shared machinery: masked TT-matrix cores ``core_{first}..`` and the eval-mode cache."""
+
+    _first_channel_core = 0
+
+    def _register_cores(self, cores: list[torch.Tensor]) -> None:
+        for k, core in enumerate(cores):
+            setattr(self, f"core_{k}", nn.Parameter(core))
+        self.prunable = tuple(f"core_{k}" for k in range(len(cores)))
+        self.init_masks()
+        self._cache_key = None
+        self._cache = None
+
+    def _channel_names(self) -> list[str]:
+        return list(self.prunable[self._first_channel_core :])
+
+    def _cache_allowed(self) -> bool:
+        # a cached product must not hold an autograd graph: only in eval mode without grad
+        return not self.training and not torch.is_grad_enabled()
+
+    def _tensors_key(self, names) -> tuple:
+        key = []
+        for name in names:
+            for t in (getattr(self, name), getattr(self, f"{name}_mask")):
+                key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
+        return tuple(key)
+
+    def _cached(self, tag, names, build):
+        """``build()``, cached in eval mode and keyed on every factor's and mask's version."""
+        if not self._cache_allowed():
+            return build()
+        key = (tag, self._tensors_key(names))
+        if self._cache_key != key:
+            self._cache, self._cache_key = build(), key
+        return self._cache
+
+    def _supercores(self, groups: Groups) -> list[torch.Tensor]:
+        names = self._channel_names()
+        return self._cached(
+            ("groups", groups), names, lambda: group_cores([self.masked(n) for n in names], groups)
+        )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"], state["_cache_key"] = None, None  # never pickle/copy a derived tensor
+        return state
+
+
+class TTLinear(_TTCores):
+    """A linear layer whose weight is a TT-matrix (Novikov et al., NeurIPS 2015).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of the dense map.
+    in_modes, out_modes : list[int]
+        ``d`` modes each, with ``prod(in_modes) == in_features + in_pad`` and
+        ``prod(out_modes) == out_features + out_pad``.
+    ranks : list[int]
+        ``d + 1`` TT ranks with ends 1 (see :func:`tedepr_fx.layers.ranks.resolve_tt_ranks`).
+    bias : bool
+        Whether the layer has a bias (not factorized, not prunable).
+    weight_layout : {"linear", "conv1d"}
+        The layout of the layer it replaces: ``nn.Linear`` (weight ``(out, in)``) or
+        Hugging Face ``Conv1D`` (weight ``(in, out)``); only ``to_dense`` differs.
+    in_pad, out_pad : int
+        Zero input features appended / extra outputs dropped (see :func:`auto_modes`).
+
+    Notes
+    -----
+    The cores are initialised so that the rebuilt weight has the entry variance of
+    ``nn.Linear``'s default init, ``1 / (3 in_features)`` (:func:`tt_scratch_cores`).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        in_modes: list[int],
+        out_modes: list[int],
+        ranks: list[int],
+        bias: bool = True,
+        weight_layout: str = "linear",
+        in_pad: int = 0,
+        out_pad: int = 0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        in_modes, out_modes, ranks = list(in_modes), list(out_modes), list(ranks)
+        _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad, out_pad, len(in_modes) + 1)
+        if weight_layout not in ("linear", "conv1d"):
+            raise ValueError(f"weight_layout must be 'linear' or 'conv1d'; got {weight_layout!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, ranks
+        self.in_pad, self.out_pad = in_pad, out_pad
+        self.weight_layout = weight_layout
+        if weight_layout == "conv1d":
+            self.nf = out_features  # the attribute Hugging Face code reads
+        dims = [m * n for m, n in zip(in_modes, out_modes)]
+        flat = tt_scratch_cores(dims, ranks, 1.0 / (3 * in_features), device=device, dtype=dtype)
+        self._register_cores([c.reshape(ranks[k], m, n, ranks[k + 1])
+                              for k, (c, m, n) in enumerate(zip(flat, in_modes, out_modes))])
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+            if self.bias.device.type != "meta":
+                bound = 1.0 / math.sqrt(in_features)
+                nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
+        self.tedepr_info = {
+            "format": "tt",
+            "in_modes": in_modes,
+            "out_modes": out_modes,
+            "ranks": ranks,
+            "in_padding": in_pad,
+            "out_padding": out_pad,
+            "weight_layout": weight_layout,
+        }
+
+    @property
+    def dense_params(self) -> int:
+        return self.in_features * self.out_features
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}, "
+                f"bias={self.bias is not None}")
+
+    def contraction_plan(self, rows: int) -> tuple[Plan, int]:
+        """The plan ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
+        return choose_plan(rows, self.in_modes, self.out_modes, self.ranks)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        """FLOPs of one forward (training mode: core merging included), bias excluded."""
+        rows = math.prod(input_shape[:-1])
+        return self.contraction_plan(rows)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"TTLinear expects {self.in_features} input features; got input of shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, self.in_features)
+        if self.in_pad:
+            rows = F.pad(rows, (0, self.in_pad))
+        (direction, groups), _ = self.contraction_plan(rows.shape[0])
+        if self.out_pad:
+            y = tt_chain_apply(rows, self._supercores(groups), direction)[:, : self.out_features]
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = tt_chain_apply(rows, self._supercores(groups), direction, self.bias)
+        return y.reshape(*lead, self.out_features)
+
+    def to_dense(self) -> torch.Tensor:
+        """Effective (masked) weight: ``(out, in)`` for the linear layout, ``(in, out)`` for conv1d."""
+        with torch.no_grad():
+            full = group_cores([self.masked(n) for n in self.prunable], (len(self.prunable),))[0]
+            w_io = full.reshape(full.shape[1], full.shape[2])[: self.in_features, : self.out_features]
+            return w_io.clone() if self.weight_layout == "conv1d" else w_io.t().contiguous()
+
+    @classmethod
+    def from_linear(
+        cls, module: nn.Module, rank: RankSpec, modes="auto", init: str = "scratch"
+    ) -> TTLinear:
+        """A TT layer replacing ``nn.Linear`` or Hugging Face ``Conv1D``.
+
+        Parameters
+        ----------
+        module : nn.Linear or transformers Conv1D
+            The layer to replace; may live on the ``meta`` device with ``init="scratch"``.
+        rank : RankSpec
+            Resolved by :func:`tedepr_fx.layers.ranks.resolve_tt_ranks` (not ``"auto"``).
+        modes : "auto" or (in_modes, out_modes)
+            ``"auto"``: :func:`tedepr_fx.layers.modes.auto_modes` (may pad).
+        init : {"scratch", "decompose"}
+            Variance-preserving random cores, or TT-SVD of the module's weight
+            (Oseledets 2011); ``rank="full"`` with ``"decompose"`` is exact.
+        """
+        _check_init(init)
+        rank = _check_rank(rank)
+        if isinstance(module, nn.Linear):
+            layout, in_f, out_f = "linear", module.in_features, module.out_features
+        elif type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2:
+            layout, (in_f, out_f) = "conv1d", tuple(module.weight.shape)
+        else:
+            raise TypeError(f"TTLinear.from_linear expects nn.Linear or transformers Conv1D; got {type(module).__name__}")
+        in_modes, out_modes, in_pad, out_pad = resolve_modes(modes, in_f, out_f)
+        ranks = resolve_tt_ranks(rank, in_modes, out_modes)
+        weight = module.weight
+        new = cls(in_f, out_f, in_modes, out_modes, ranks, bias=module.bias is not None,
+                  weight_layout=layout, in_pad=in_pad, out_pad=out_pad,
+                  device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            if module.bias is not None and weight.device.type != "meta":
+                new.bias.copy_(module.bias)
+            if init == "decompose":
+                if weight.device.type == "meta":
+                    raise ValueError("init='decompose' needs real weights; the module is on the meta device")
+                w_io = weight.t() if layout == "linear" else weight
+                cores = decompose_tt_matrix(w_io, in_modes, out_modes, ranks)
+                for k, core in enumerate(cores):
+                    getattr(new, f"core_{k}").copy_(core)
+        return new
+
+
+def decompose_tt_matrix(
+    w_io: torch.Tensor, in_modes: list[int], out_modes: list[int], ranks: list[int], extra: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` of a weight stored as ``(in, out)`` (zero-padded to the modes).
+
+    The weight is permuted once to ``(m_1 n_1, ..., m_d n_d)`` and given to :func:`tt_svd`
+    (Oseledets 2011); every intermediate is at most the (padded) weight's size.
+    """
+    d = len(in_modes)
+    big_m, big_n = math.prod(in_modes), math.prod(out_modes)
+    if tuple(w_io.shape) != (big_m, big_n):
+        w_io = F.pad(w_io, (0, big_n - w_io.shape[1], 0, big_m - w_io.shape[0]))
+    perm = [i for k in range(d) for i in (k, d + k)]
+    t = w_io.reshape(*in_modes, *out_modes).permute(*perm).reshape([m * n for m, n in zip(in_modes, out_modes)])
+    flat = tt_svd(t, ranks)
+    return [c.reshape(ranks[k], m, n, ranks[k + 1]) for k, (c, m, n) in enumerate(zip(flat, in_modes, out_modes))]
+
+
+class TTConv2d(_TTCores):
+    """A 2-d convolution whose kernel is a TT with the spatial kernel as an extra core.
+
+    Garipov et al., "Ultimate tensorization: compressing convolutional and FC layers
+    alike" (NIPS 2016 workshop): ``W[o, i, y, x] = sum_{r_0} S[r_0, y, x] T[r_0, i, o]``
+    where ``T`` is a TT-matrix over the tensorized channels. ``core_0`` is the
+    spatial core ``(r_0, 1, kh, kw)`` (a bank of ``r_0`` single-channel filters);
+    ``core_1..core_d`` are TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` over the channels.
+
+    The forward either (a) convolves every input channel with the ``r_0`` spatial
+    filters, then contracts ``(r_0, channels)`` with the channel cores, or (b)
+    rebuilds the dense kernel and runs one ``conv2d``, whichever needs fewer FLOPs
+    for the actual input shape. Only ``groups=1`` convolutions are supported.
+
+    ``ranks`` has ``d + 2`` entries ``[1, r_0, r_1, ..., r_{d-1}, 1]``.
+    """
+
+    _first_channel_core = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        in_modes: list[int],
+        out_modes: list[int],
+        ranks: list[int],
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        in_pad: int = 0,
+        out_pad: int = 0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        in_modes, out_modes, ranks = list(in_modes), list(out_modes), list(ranks)
+        _check_layout(in_modes, out_modes, ranks, in_channels, out_channels, in_pad, out_pad, len(in_modes) + 2)
+        # a meta conv computes the canonical attributes (tuples, 'same' padding amounts) for us
+        ref = nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                        padding_mode=padding_mode, device="meta")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
+        self.dilation, self.padding_mode = ref.dilation, ref.padding_mode
+        self._reversed_padding_repeated_twice = list(ref._reversed_padding_repeated_twice)
+        self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, ranks
+        self.in_pad, self.out_pad = in_pad, out_pad
+        kh, kw = self.kernel_size
+        fan_in = in_channels * kh * kw
+        dims = [kh * kw] + [m * n for m, n in zip(in_modes, out_modes)]
+        flat = tt_scratch_cores(dims, ranks, 1.0 / (3 * fan_in), device=device, dtype=dtype)
+        self._register_cores(_conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+            if self.bias.device.type != "meta":
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
+        self.tedepr_info = {
+            "format": "tt",
+            "in_modes": in_modes,
+            "out_modes": out_modes,
+            "ranks": ranks,
+            "spatial_rank": ranks[1],
+            "in_padding": in_pad,
+            "out_padding": out_pad,
+        }
+
+    @property
+    def dense_params(self) -> int:
+        return self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}")
+
+    def contraction_plan(self, input_shape: tuple[int, ...]) -> tuple[str, Plan, int]:
+        """``("factors", plan, flops)`` or ``("dense", plan, flops)`` for an input shape."""
+        batch = input_shape[0] if len(input_shape) == 4 else 1
+        out_h, out_w = conv2d_output_hw(input_shape[-2:], self.kernel_size, self.stride,
+                                        self.padding, self.dilation)
+        khkw = self.kernel_size[0] * self.kernel_size[1]
+        r0 = self.ranks[1]
+        pixels = batch * out_h * out_w
+        plan, chain = choose_plan(pixels, self.in_modes, self.out_modes, self.ranks[1:])
+        factors = 2 * batch * self.in_channels * out_h * out_w * r0 * khkw + chain
+        d = len(self.in_modes)
+        merge = tt_flops(0, self.in_modes, self.out_modes, self.ranks[1:], (d,))
+        dense = (merge + 2 * r0 * khkw * self.in_channels * self.out_channels
+                 + 2 * pixels * self.out_channels * self.in_channels * khkw)
+        if dense < factors:
+            return "dense", ("ltr", (d,)), dense
+        return "factors", plan, factors
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        return self.contraction_plan(tuple(input_shape))[2]
+
+    def _dense_kernel(self) -> torch.Tensor:
+        d = len(self.in_modes)
+        channel = self._supercores((d,))[0]  # (r0, Cin_pad, Cout_pad, 1)
+        channel = channel[:, : self.in_channels, : self.out_channels, 0]
+        spatial = self.masked("core_0")  # (r0, 1, kh, kw)
+        r0 = spatial.shape[0]
+        w = channel.reshape(r0, -1).t() @ spatial.reshape(r0, -1)  # (Cin * Cout, kh * kw)
+        return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1)
+
+    def _conv(self, x, weight, groups=1):
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, weight, None, self.stride, 0, self.dilation, groups)
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"TTConv2d expects (N, {self.in_channels}, H, W) input; got {tuple(x.shape)}")
+        kind, (direction, groups), _ = self.contraction_plan(tuple(x.shape))
+        if kind == "dense":
+            y = self._conv(x, self._dense_kernel())
+        else:
+            batch, chans, h, w = x.shape
+            spatial = self.masked("core_0")
+            r0 = spatial.shape[0]
+            # every input channel through the r0 spatial filters: (B*C, r0, H', W')
+            z = self._conv(x.reshape(batch * chans, 1, h, w), spatial)
+            oh, ow = z.shape[-2:]
+            z = z.reshape(batch, chans, r0, oh, ow).permute(0, 3, 4, 2, 1)  # (B, H', W', r0, C)
+            if self.in_pad:
+                z = F.pad(z, (0, self.in_pad))
+            rows = z.reshape(batch * oh * ow, r0 * (chans + self.in_pad))
+            out = tt_chain_apply(rows, self._supercores(groups), direction)
+            if self.out_pad:
+                out = out[:, : self.out_channels]
+            y = out.reshape(batch, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return y.squeeze(0) if unbatched else y
+
+    def to_dense(self) -> torch.Tensor:
+        """Effective (masked) kernel ``(out, in, kh, kw)``."""
+        with torch.no_grad():
+            d = len(self.in_modes)
+            channel = group_cores([self.masked(n) for n in self._channel_names()], (d,))[0]
+            channel = channel[:, : self.in_channels, : self.out_channels, 0]
+            spatial = self.masked("core_0")
+            r0 = spatial.shape[0]
+            w = channel.reshape(r0, -1).t() @ spatial.reshape(r0, -1)
+            return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1).contiguous()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, rank: RankSpec, modes="auto", init: str = "scratch") -> TTConv2d:
+        """A TT convolution replacing ``conv`` (``groups=1`` only).
+
+        ``rank`` is resolved over the modes ``[kh*kw] + in_modes`` x ``[1] + out_modes``,
+        so its first bond is the spatial rank ``r_0 <= kh*kw``. ``modes`` tensorizes the
+        channels. ``init="decompose"`` runs TT-SVD (Oseledets 2011) on the kernel
+        permuted to ``(kh*kw, m_1 n_1, ..., m_d n_d)``; ``rank="full"`` is exact.
+        """
+        _check_init(init)
+        rank = _check_rank(rank)
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"TTConv2d.from_conv expects nn.Conv2d; got {type(conv).__name__}")
+        if conv.groups != 1:
+            raise ValueError(f"TTConv2d supports groups=1 only; the convolution has groups={conv.groups}")
+        in_modes, out_modes, in_pad, out_pad = resolve_modes(modes, conv.in_channels, conv.out_channels)
+        kh, kw = conv.kernel_size
+        ranks = resolve_tt_ranks(rank, [kh * kw] + in_modes, [1] + out_modes)
+        weight = conv.weight
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, in_modes, out_modes, ranks,
+                  stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                  bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                  in_pad=in_pad, out_pad=out_pad, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            if conv.bias is not None and weight.device.type != "meta":
+                new.bias.copy_(conv.bias)
+            if init == "decompose":
+                if weight.device.type == "meta":
+                    raise ValueError("init='decompose' needs real weights; the convolution is on the meta device")
+                d = len(in_modes)
+                cin, cout = math.prod(in_modes), math.prod(out_modes)
+                w = weight.reshape(weight.shape[0], weight.shape[1], kh * kw)
+                if (cout, cin) != tuple(w.shape[:2]):
+                    w = F.pad(w, (0, 0, 0, cin - w.shape[1], 0, cout - w.shape[0]))
+                # (n_1..n_d, m_1..m_d, s) -> (s, m_1, n_1, ..., m_d, n_d)
+                perm = [2 * d] + [i for k in range(d) for i in (d + k, k)]
+                t = w.reshape(*out_modes, *in_modes, kh * kw).permute(*perm)
+                t = t.reshape([kh * kw] + [m * n for m, n in zip(in_modes, out_modes)])
+                flat = tt_svd(t, ranks)
+                for k, core in enumerate(_conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw)):
+                    getattr(new, f"core_{k}").copy_(core)
+        return new
+
+
+def _conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw) -> list[torch.Tensor]:
+    """TT cores over ``(kh*kw, m_1 n_1, ...)`` -> spatial filter bank plus TT-matrix cores."""
+    spatial = flat[0].reshape(kh * kw, ranks[1]).t().reshape(ranks[1], 1, kh, kw).contiguous()
+    channel = [c.reshape(ranks[k + 1], m, n, ranks[k + 2])
+               for k, (c, m, n) in enumerate(zip(flat[1:], in_modes, out_modes))]
+    return [spatial, *channel]

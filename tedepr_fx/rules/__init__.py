@@ -1,0 +1,26 @@
+"""The rule language: pydantic models (:mod:`.schema`) and the YAML loader (:mod:`.loader`).
+
+No torch import here, so that ``tedepr-fx check`` and ``tedepr-fx schema`` stay fast.
+"""
+
+from tedepr_fx.rules.loader import MAX_DEPTH, MAX_NODES, load_rules, parse_rules
+from tedepr_fx.rules.schema import (
+    Budget,
+    Defaults,
+    Factorization,
+    InitName,
+    Match,
+    Rule,
+    RuleSet,
+    ScorerName,
+    Scoring,
+    TTFactorization,
+    TTModes,
+    TuckerFactorization,
+)
+
+__all__ = [
+    "MAX_DEPTH", "MAX_NODES", "Budget", "Defaults", "Factorization", "InitName", "Match", "Rule",
+    "RuleSet", "ScorerName", "Scoring", "TTFactorization", "TTModes", "TuckerFactorization",
+    "load_rules", "parse_rules",
+]

@@ -1,0 +1,391 @@
+"""The rule language, version 1, as pydantic models.
+
+One model per concept (:class:`Budget`, :class:`Scoring`, :class:`Defaults`,
+:class:`Match`, :class:`TTFactorization` / :class:`TuckerFactorization`,
+:class:`Rule`, :class:`RuleSet`). Every model forbids unknown keys and validates
+strictly: a YAML ``1`` is an int, ``1.0`` a float, and ``true`` is never a number.
+The JSON Schema that editors use comes from :meth:`RuleSet.model_json_schema`.
+
+Errors raised by validators that must point at a specific key carry that key in
+their context (``ctx["at"]``: a list of location suffixes) so that the loader can
+report ``file:line:column`` for it rather than for the enclosing mapping.
+
+This module imports neither torch nor anything that does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Collection
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from tedepr_fx.errors import LocatedError, Location, RuleError
+from tedepr_fx.ranks import RANK_HELP, check_rank_spec
+
+ScorerName = Literal["trainability", "snip", "grasp", "synflow", "force", "magnitude", "random"]
+InitName = Literal["scratch", "decompose"]
+
+
+def _rank(value: object) -> Any:
+    # the one rank validator (tedepr_fx.ranks) so that a rank means the same in rules and layers
+    try:
+        return check_rank_spec(value)
+    except ValueError as error:
+        raise PydanticCustomError("rank", str(error)) from None
+
+
+RankField = Annotated[
+    int | list[int] | float | Literal["full", "auto"],
+    PlainValidator(_rank),
+    WithJsonSchema({
+        "description": "Rank: " + RANK_HELP.removeprefix("must be ") + ".",
+        "anyOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+            {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            {"enum": ["full", "auto"]},
+        ],
+    }),
+]
+
+
+def _version(value: object) -> int:
+    # Literal[1] would accept True and 1.0; the version is the int 1 and nothing else
+    if type(value) is not int or value != 1:
+        raise PydanticCustomError("version", "must be 1 (the only version of the rule language); got {got}",
+                                  {"got": repr(value)})
+    return value
+
+
+VersionField = Annotated[
+    Literal[1],
+    PlainValidator(_version),
+    WithJsonSchema({"const": 1, "description": "Version of the rule language; only 1 exists."}),
+]
+
+
+class _Model(BaseModel):
+    """Strict, closed models; equality ignores private attributes (source file, compiled regex)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Budget(_Model):
+    """How much of a layer survives fine-grained pruning at initialization.
+
+    The share is counted against the layer's original dense weight count by default
+    (``of: dense``), as the sparsity claims of TEDEPR are stated (Liu et al., IEEE
+    TPAMI 46(12), 2024).
+    """
+
+    sparsity: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Share of the weights removed, in [0, 1). Exactly one of sparsity/density.")
+    density: float | None = Field(
+        None, gt=0.0, le=1.0, description="Share of the weights kept, in (0, 1]. Exactly one of sparsity/density.")
+    of: Literal["dense", "factors"] = Field(
+        "dense", description="What the share is counted against: the original dense weight or the factors.")
+    allocation: Literal["global", "uniform", "erk"] = Field(
+        "global", description="How the budget is spread over the layers that share it.")
+    min_density: float = Field(
+        0.0005, ge=0.0, le=1.0, description="Floor of the kept share per layer, in [0, 1], so that no layer is emptied.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        if (self.sparsity is None) == (self.density is None):
+            both = self.sparsity is not None
+            raise PydanticCustomError(
+                "budget_share",
+                "give exactly one of 'sparsity' and 'density'" + ("; got both" if both else "; got neither"),
+                {"at": [("density",)] if both else [()]},
+            )
+        return self
+
+    @property
+    def target_density(self) -> float:
+        """Share of the counted weights that is kept: ``1 - sparsity``, or ``density``."""
+        return self.density if self.density is not None else 1.0 - self.sparsity  # type: ignore[operator]
+
+
+class Scoring(_Model):
+    """How the scorers see data (the top-level ``scoring:`` section)."""
+
+    batches: int = Field(10, ge=1, description="Number of data batches the scorer uses.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Cut each batch to this many samples (None: as given).")
+    steps: int = Field(3, ge=1, description="K, the SGD steps the trainability meta-gradient looks through.")
+    inner_lr: float = Field(0.1, gt=0, description="Learning rate of those K inner steps.")
+    first_order: bool = Field(False, description="Drop second-order terms of the meta-gradient (cheaper).")
+
+
+class Defaults(_Model):
+    """What a rule uses when it does not say otherwise."""
+
+    init: InitName = Field(
+        "scratch", description="scratch: fresh factors; decompose: factors from the layer's weights.")
+    scorer: ScorerName = Field("trainability", description="Which score decides what is pruned.")
+    budget: Budget | None = Field(None, description="Fine-grained pruning budget; absent: no pruning.")
+
+
+class Match(_Model):
+    """Which layers a rule applies to: every selector given must hold."""
+
+    type: str | list[str] | None = Field(
+        None, description="Class name(s) or dotted path(s) the layer answers to, e.g. Linear.")
+    name: str | None = Field(
+        None, description="fnmatch-style glob on the qualified module name (case-sensitive).")
+    regex: str | None = Field(
+        None, description="Regular expression that must match the whole qualified name (instead of name).")
+    min_params: int | None = Field(None, ge=0, description="Least dense weight count.")
+    max_params: int | None = Field(None, ge=0, description="Largest dense weight count.")
+
+    _pattern: re.Pattern[str] | None = PrivateAttr(None)
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, value: str | list[str] | None) -> str | list[str] | None:
+        names = [value] if isinstance(value, str) else value or []
+        if isinstance(value, list) and not value:
+            raise PydanticCustomError("type_list", "must name at least one layer type")
+        for n in names:
+            if not n.strip():
+                raise PydanticCustomError("type_name", "a layer type name cannot be empty")
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise PydanticCustomError(
+                    "regex", "is not a valid regular expression ({reason}); got {got}",
+                    {"reason": str(error), "got": repr(value)},
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_selectors(self) -> Match:
+        if self.name is not None and self.regex is not None:
+            raise PydanticCustomError("selector", "give either 'name' or 'regex', not both",
+                                      {"at": [("regex",)]})
+        if all(v is None for v in (self.type, self.name, self.regex, self.min_params, self.max_params)):
+            raise PydanticCustomError(
+                "selector", "needs at least one selector: type, name, regex, min_params or max_params")
+        if self.min_params is not None and self.max_params is not None and self.min_params > self.max_params:
+            raise PydanticCustomError(
+                "selector", "min_params ({lo}) is larger than max_params ({hi})",
+                {"lo": self.min_params, "hi": self.max_params, "at": [("max_params",)]})
+        self._pattern = re.compile(self.regex) if self.regex is not None else None
+        return self
+
+    def accepts(self, name: str, type_names: Collection[str], dense_params: int) -> bool:
+        """Whether a layer with this qualified name, type names and dense weight count matches."""
+        if self.type is not None:
+            wanted = [self.type] if isinstance(self.type, str) else self.type
+            if not any(t in type_names for t in wanted):
+                return False
+        if self.name is not None and not fnmatch.fnmatchcase(name, self.name):
+            return False
+        if self._pattern is not None and self._pattern.fullmatch(name) is None:
+            return False
+        if self.min_params is not None and dense_params < self.min_params:
+            return False
+        if self.max_params is not None and dense_params > self.max_params:
+            return False
+        return True
+
+
+class TTModes(_Model):
+    """Factorization of a layer's input and output sizes into tensor-train modes."""
+
+    in_: list[int] = Field(alias="in", min_length=2, description="Input modes; product >= in features.")
+    out: list[int] = Field(min_length=2, description="Output modes, as many as input modes.")
+
+    @field_validator("in_", "out")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(m < 1 for m in value):
+            raise PydanticCustomError("modes", "modes must be ints >= 1; got {got}", {"got": value})
+        return value
+
+    @model_validator(mode="after")
+    def _same_length(self) -> TTModes:
+        if len(self.in_) != len(self.out):
+            raise PydanticCustomError(
+                "modes", "'in' and 'out' need the same number of modes; got {a} and {b}",
+                {"a": len(self.in_), "b": len(self.out), "at": [("out",)]})
+        return self
+
+
+class TTFactorization(_Model):
+    """A tensor-train (TT) factorization: the layer becomes a chain of small cores."""
+
+    format: Literal["tt"]
+    rank: RankField
+    modes: Literal["auto"] | TTModes = Field(
+        "auto", description="auto, or {in: [...], out: [...]} (same length >= 2).")
+
+
+class TuckerFactorization(_Model):
+    """A Tucker factorization (for a conv: the 1x1 -> kxk -> 1x1 chain of Tucker-2)."""
+
+    format: Literal["tucker"]
+    rank: RankField
+
+
+Factorization = Annotated[TTFactorization | TuckerFactorization, Field(discriminator="format")]
+
+
+class Rule(_Model):
+    """One rule: a selector, an action, and how that action is carried out."""
+
+    name: str = Field(description="Unique name of the rule (reports and errors refer to it).")
+    match: Match
+    action: Literal["factorize", "prune", "keep"] = Field(
+        description="factorize: TT/Tucker (then prune the factors); prune: fine-grained on the "
+                    "dense weight; keep: leave the layer alone.")
+    factorize: Factorization | None = Field(
+        None, description="Required when action is factorize, forbidden otherwise.")
+    budget: Budget | None = Field(None, description="Overrides defaults.budget for this rule.")
+    scorer: ScorerName | None = Field(None, description="Overrides defaults.scorer for this rule.")
+    init: InitName | None = Field(None, description="Overrides defaults.init for this rule.")
+
+    @field_validator("name")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("rule_name", "a rule name cannot be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _factorize_iff_action(self) -> Rule:
+        if self.action == "factorize" and self.factorize is None:
+            raise PydanticCustomError(
+                "factorize", "action is factorize, so a 'factorize:' section (format, rank) is required")
+        if self.action != "factorize" and self.factorize is not None:
+            raise PydanticCustomError(
+                "factorize", "a 'factorize:' section is only allowed with action: factorize "
+                             "(action is {action})", {"action": self.action, "at": [("factorize",)]})
+        return self
+
+    def effective_budget(self, defaults: Defaults) -> Budget | None:
+        """This rule's budget, else the defaults' (None: no fine-grained pruning)."""
+        return self.budget if self.budget is not None else defaults.budget
+
+    def effective_scorer(self, defaults: Defaults) -> str:
+        """This rule's scorer, else the defaults'."""
+        return self.scorer if self.scorer is not None else defaults.scorer
+
+    def effective_init(self, defaults: Defaults) -> str:
+        """This rule's init, else the defaults'."""
+        return self.init if self.init is not None else defaults.init
+
+
+class RuleSet(_Model):
+    """A whole rule file: the first rule whose match accepts a layer decides for it.
+
+    Build one with :func:`tedepr_fx.load_rules`, which resolves ``extends`` (the
+    result holds the merged rules and ``extends`` is None) and reports errors with
+    their file, line and column.
+    """
+
+    model_config = ConfigDict(
+        title="tedepr_fx rule file",
+        json_schema_extra={"description": "TEDEPR policy: which layers are factorized (TT / Tucker) "
+                                          "and pruned at initialization. See docs/rules.md."},
+    )
+
+    version: VersionField
+    extends: str | None = Field(
+        None, description="Base rule file, relative to this file; its rules come after this file's.")
+    defaults: Defaults = Field(default_factory=Defaults)
+    scoring: Scoring = Field(default_factory=Scoring)
+    rules: list[Rule] = Field(min_length=1, description="Tried in order; the first match decides.")
+
+    _source: str | None = PrivateAttr(None)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[Rule]) -> list[Rule]:
+        seen: dict[str, int] = {}
+        dupes: list[tuple[int, str, int]] = []
+        for i, rule in enumerate(rules):
+            if rule.name in seen:
+                dupes.append((i, rule.name, seen[rule.name]))
+            else:
+                seen[rule.name] = i
+        if dupes:
+            i, name, first = dupes[0]
+            raise PydanticCustomError(
+                "duplicate_rule_name",
+                "duplicate rule name {name} (first used by rules[{first}])",
+                {"name": repr(name), "first": first,
+                 "at": [(j, "name") for j, _, _ in dupes],
+                 "each": [f"duplicate rule name {n!r} (first used by rules[{f}])" for _, n, f in dupes]},
+            )
+        return rules
+
+    @property
+    def source(self) -> str | None:
+        """The file this rule set was loaded from (None for text, dicts and copies made by hand)."""
+        return self._source
+
+    def first_match(self, name: str, type_names: Collection[str], dense_params: int) -> Rule | None:
+        """The first rule, in file order, whose match accepts the layer; None if none does."""
+        for rule in self.rules:
+            if rule.match.accepts(name, type_names, dense_params):
+                return rule
+        return None
+
+    def to_yaml(self) -> str:
+        """YAML text that loads back to an equal rule set (``extends`` already merged in)."""
+        import yaml
+
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"extends"})
+        return "version: 1\n" + yaml.safe_dump(
+            {k: v for k, v in data.items() if k != "version"}, sort_keys=False, default_flow_style=None)
+
+    def with_budget(self, *, sparsity: float | None = None, density: float | None = None) -> RuleSet:
+        """A copy whose ``defaults.budget`` keeps ``1 - sparsity`` (or ``density``) of the weights.
+
+        The other budget keys (``of``, ``allocation``, ``min_density``) are kept; per-rule
+        budgets are left as they are. Raises :class:`RuleError` for an invalid share.
+        """
+        if (sparsity is None) == (density is None):
+            raise RuleError(LocatedError(Location("<with_budget>"), "defaults.budget",
+                                         "give exactly one of 'sparsity' and 'density'"))
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        budget = dict(data["defaults"].get("budget") or {})
+        budget.pop("sparsity", None)
+        budget.pop("density", None)
+        budget["sparsity" if sparsity is not None else "density"] = sparsity if sparsity is not None else density
+        data["defaults"]["budget"] = budget
+        try:
+            copy = RuleSet.model_validate(data)
+        except ValidationError as error:
+            raise RuleError([LocatedError(Location("<with_budget>"), ".".join(map(str, e["loc"])), e["msg"])
+                             for e in error.errors()]) from None
+        copy._source = self._source
+        return copy
