@@ -22,12 +22,13 @@ _LAZY = {
     "report": "tedepr_fx.api",
     "save": "tedepr_fx.api",
     "load": "tedepr_fx.api",
-    "Plan": "tedepr_fx.report",
-    "Report": "tedepr_fx.report",
+    "Plan": "tedepr_fx.reporting",
+    "Report": "tedepr_fx.reporting",
 }
 
 __all__ = [
-    "BudgetError", "CaptureError", "DataError", "LayerError", "RuleError", "__version__", *_LAZY,
+    "BudgetError", "CaptureError", "DataError", "LayerError", "RuleError", "__version__",
+    "load_rules", "RuleSet", "transform", "plan", "report", "save", "load", "Plan", "Report",
 ]
 
 
@@ -39,5 +40,5 @@ def __getattr__(name: str):
 
 if TYPE_CHECKING:  # pragma: no cover
     from tedepr_fx.api import load, plan, report, save, transform
-    from tedepr_fx.report import Plan, Report
+    from tedepr_fx.reporting import Plan, Report
     from tedepr_fx.rules import RuleSet, load_rules

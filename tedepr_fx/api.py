@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
 from tedepr_fx.passes.match import Decision, match, site_module
 from tedepr_fx.passes.prune import prune
 from tedepr_fx.passes.recompile import recompile
-from tedepr_fx.report import Plan, Report, Row, modes_text, ranks_text
+from tedepr_fx.reporting import Plan, Report, Row, modes_text, ranks_text
 from tedepr_fx.rules import load_rules
 from tedepr_fx.utils import as_tuple, meta_copy
 
@@ -120,6 +121,11 @@ def transform(
             output_fn=output_fn, example_inputs=example, seed=seed, verbose=verbose,
         )
         recompile(result)
+    if inplace and result is not model:
+        # the root traced into a new GraphModule: mirror its swapped layers into the given model
+        for name, child in result.named_children():
+            if name in model._modules:
+                setattr(model, name, child)
 
     if allocation is not None:
         for d in decisions:
@@ -253,7 +259,9 @@ def _row(d: Decision, new: nn.Module | None, shape, dense_flops: int | None, *, 
     row.kept = row.stored
     if planned and d.budget is not None:
         counted = d.dense_params if d.budget.of == "dense" else row.stored
-        row.kept = min(row.stored, round(d.budget.target_density * counted))
+        floors = sum(max(1, math.ceil(d.budget.min_density * getattr(new, n).numel()))
+                     for n in new.prunable)
+        row.kept = min(row.stored, max(floors, round(d.budget.target_density * counted)))
         row.note = "whole (stores less than its budget)" if row.kept == row.stored else (
             f"budget {d.budget.allocation}" if d.budget.allocation != "uniform" else "")
     return row

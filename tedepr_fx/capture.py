@@ -337,6 +337,7 @@ def _functional_site(gm: fx.GraphModule, node: fx.Node, prefix: str, region: str
                 gm.graph.erase_node(attr_node)
                 _delete_attr(gm, attr_node.target)
         site.node = call
+        cached[:] = [new]  # from now on the site holds the new module
 
     cached: list[nn.Module] = []
 

@@ -76,6 +76,130 @@ COMMANDS: list[Command] = [
 ]
 
 
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="PACKAGE.MODULE:FACTORY",
+                        help="a zero-argument callable returning the model, e.g. tedepr_fx.models:resnet20")
+    parser.add_argument("--rules", required=True, metavar="FILE", help="rule file (YAML)")
+    parser.add_argument("--input-shape", metavar="N,C,H,W",
+                        help="shape of one example input (float), e.g. 1,3,32,32")
+    parser.add_argument("--strict", action="store_true", help="a rule that matches no layer is an error")
+
+
+def _load_model(spec: str):
+    import importlib
+
+    module_name, sep, factory = spec.partition(":")
+    if not sep or not module_name or not factory:
+        raise ValueError(f"model must be PACKAGE.MODULE:FACTORY; got {spec!r}")
+    try:
+        target = getattr(importlib.import_module(module_name), factory)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load {spec!r}: {error}") from error
+    return target()
+
+
+def _example(shape: str | None):
+    if shape is None:
+        return None
+    import torch
+
+    try:
+        dims = tuple(int(d) for d in shape.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be comma-separated ints; got {shape!r}") from None
+    return (torch.randn(*dims),)
+
+
+def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print the errors a user can cause as one message, exit 2."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        from tedepr_fx.errors import TedeprError
+
+        try:
+            return run(args)
+        except (TedeprError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INVALID
+
+    return wrapper
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from tedepr_fx.api import plan
+
+    result = plan(_load_model(args.model), Path(args.rules), _example(args.input_shape), strict=args.strict)
+    print(result.to_json() if args.json else result.to_markdown() if args.markdown else result)
+    return EXIT_OK
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="print a markdown table")
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _transform_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("-o", "--output", required=True, help="where to save the model (torch.save)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", choices=["scratch", "decompose"], help="override every rule's init")
+
+
+def _transform(args: argparse.Namespace) -> int:
+    from tedepr_fx.api import report, save, transform
+
+    model = transform(_load_model(args.model), Path(args.rules), example_inputs=_example(args.input_shape),
+                      seed=args.seed, strict=args.strict, init=args.init)
+    save(model, args.output)
+    print(report(model))
+    print(f"saved {args.output}")
+    return EXIT_OK
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="a model saved by `tedepr-fx transform` or tedepr_fx.save")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from tedepr_fx.api import load, report
+
+    result = report(load(args.file))
+    print(result.to_markdown() if args.markdown else result)
+    return EXIT_OK
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sparsity", type=float, default=0.99)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--dataset", default="auto",
+                        help="auto (Fashion-MNIST if installed, else scikit-learn digits), digits, "
+                             "fashion-mnist, mnist")
+    parser.add_argument("--root", help="directory with the data set's files")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tedepr_fx.demo import run
+
+    run(sparsity=args.sparsity, epochs=args.epochs, dataset=args.dataset, root=args.root, seed=args.seed,
+        progress=sys.stderr.isatty())
+    return EXIT_OK
+
+
+COMMANDS += [
+    Command("plan", "dry run: print what transform would do to a model (no weights touched)",
+            _plan_arguments, _guarded(_plan)),
+    Command("transform", "transform a model and save it", _transform_arguments, _guarded(_transform)),
+    Command("inspect", "print the report of a saved transformed model", _inspect_arguments,
+            _guarded(_inspect)),
+    Command("demo", "LeNet-300-100: dense vs TEDEPR vs SNIP at the same sparsity, trained briefly",
+            _demo_arguments, _guarded(_demo)),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(

@@ -17,9 +17,9 @@ The numeric resolution of a spec into concrete ranks lives with the layers
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
-RankSpec = Union[int, list[int], float, Literal["full", "auto"]]
+RankSpec = int | list[int] | float | Literal["full", "auto"]
 
 RANK_HELP = "must be a positive int, a list of positive ints, a float in (0, 1], 'full' or 'auto'"
 

@@ -28,8 +28,8 @@ def rules(*entries, budget=None, **defaults):
     return doc
 
 
-def factorize_rule(name, fmt="tt", rank="full", **match):
-    return {"name": name, "match": match or {"type": "Linear"}, "action": "factorize",
+def factorize_rule(rule_name, fmt="tt", rank="full", **match):
+    return {"name": rule_name, "match": match or {"type": "Linear"}, "action": "factorize",
             "factorize": {"format": fmt, "rank": rank}}
 
 

@@ -90,6 +90,19 @@ class MaskedMixin:
             raise KeyError(f"{type(self).__name__} has no prunable tensor {name!r}; it has {self.prunable}")
 
 
+class DenseWeightView:
+    """Gives a factorized layer a read-only ``weight``: its effective dense weight, detached.
+
+    Code written for dense layers reads ``layer.weight`` for its dtype, device or shape, and
+    torch's ``TransformerEncoderLayer`` reads ``linear1.weight`` to decide on its fused
+    inference path; the factors stay the trainable tensors.
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.to_dense()  # type: ignore[attr-defined]
+
+
 def iter_masked(model: nn.Module):
     """Yield ``(qualified_module_name, module, tensor_name)`` for every prunable tensor of ``model``."""
     for qualname, module in model.named_modules():

@@ -28,7 +28,7 @@ from tedepr_fx.layers.contraction import (
     tt_chain_apply,
     tt_flops,
 )
-from tedepr_fx.layers.masked import MaskedMixin, conv2d_output_hw
+from tedepr_fx.layers.masked import DenseWeightView, MaskedMixin, conv2d_output_hw
 from tedepr_fx.layers.modes import auto_modes, check_modes
 from tedepr_fx.layers.ranks import resolve_tt_ranks
 from tedepr_fx.ranks import RankSpec, check_rank_spec
@@ -84,7 +84,7 @@ def _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad,
         raise ValueError(f"ranks must be {n_ranks} positive ints with ends 1; got {list(ranks)}")
 
 
-class _TTCores(MaskedMixin, nn.Module):
+class _TTCores(DenseWeightView, MaskedMixin, nn.Module):
     """Shared machinery: masked TT-matrix cores ``core_{first}..`` and the eval-mode cache."""
 
     _first_channel_core = 0

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tucker import partial_tucker2, tucker2_scratch
-from tedepr_fx.layers.masked import MaskedMixin, conv2d_output_hw
+from tedepr_fx.layers.masked import DenseWeightView, MaskedMixin, conv2d_output_hw
 from tedepr_fx.ranks import RankSpec, check_rank_spec
 
 FACTORS = ("factor_out", "core", "factor_in")
@@ -139,7 +139,7 @@ def _choose(costs: dict[str, int]) -> tuple[str, int]:
     return plan, costs[plan]
 
 
-class _Tucker2Base(MaskedMixin, nn.Module):
+class _Tucker2Base(DenseWeightView, MaskedMixin, nn.Module):
     """Shared state of the Tucker-2 layers: factors, masks, plan choice and eval-mode cache."""
 
     prunable = FACTORS
