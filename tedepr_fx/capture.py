@@ -105,6 +105,9 @@ def _graph_module(original: nn.Module, graph: fx.Graph) -> fx.GraphModule:
     What the graph does not reference is also listed in ``meta["_user_preserved_attributes"]``,
     which ``GraphModule.__deepcopy__`` restores: without it a deepcopy would drop it.
     """
+    for node in graph.nodes:
+        if isinstance(node.type, str):  # a postponed annotation: GraphModule cannot pickle it
+            node.type = None
     gm = fx.GraphModule(original, graph, class_name=type(original).__name__)
     for name, child in original.named_children():
         preserve(gm, name, child)

@@ -31,7 +31,7 @@ def snip_rules(sparsity: float) -> dict:
     }
 
 
-def run(*, sparsity: float = 0.99, epochs: int = 2, dataset: str = "auto", root: str | None = None,
+def run(*, sparsity: float = 0.99, epochs: int = 1, dataset: str = "auto", root: str | None = None,
         seed: int = 0, rules_path: str | Path = RULES, progress: bool = True, echo=print) -> dict:
     """Train dense, TEDEPR and SNIP LeNet-300-100 models; return their measured accuracies."""
     started = time.perf_counter()
