@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tedepr_fx.layers.masked import MaskedMixin, conv2d_output_hw
+from tedepr_fx.layers.masked import MaskedMixin, conv2d_output_hw, linear_flops
 
 # builder(module, rank, modes, init) -> new module; for "prune" rank/modes are None
 Builder = Callable[..., nn.Module]
@@ -86,13 +86,6 @@ def type_names(module: nn.Module, kind: LayerKind | None = None) -> frozenset[st
     return frozenset(names)
 
 
-def _rows(input_shape: tuple[int, ...]) -> int:
-    rows = 1
-    for s in input_shape[:-1]:
-        rows *= s
-    return rows
-
-
 # --- nn.Linear -----------------------------------------------------------------------------------
 
 
@@ -119,7 +112,7 @@ LINEAR = register(
         name="linear",
         claims=lambda m: isinstance(m, nn.Linear),
         dense_shape=lambda m: tuple(m.weight.shape),
-        dense_flops=lambda m, shape: 2 * _rows(shape) * m.in_features * m.out_features,
+        dense_flops=lambda m, shape: linear_flops(shape, m.in_features, m.out_features),
         builders={"tt": _tt_linear, "tucker": _tucker_linear, "prune": _masked_linear},
     )
 )
@@ -150,7 +143,7 @@ HF_CONV1D = register(
         name="hf_conv1d",
         claims=_is_hf_conv1d,
         dense_shape=lambda m: tuple(m.weight.shape),  # (in, out)
-        dense_flops=lambda m, shape: 2 * _rows(shape) * m.weight.shape[0] * m.weight.shape[1],
+        dense_flops=lambda m, shape: linear_flops(shape, *m.weight.shape),
         builders={"tt": _tt_linear, "tucker": _tucker_linear, "prune": _masked_conv1d},
     )
 )

@@ -111,18 +111,33 @@ def iter_masked(model: nn.Module):
                 yield qualname, module, name
 
 
-class MaskedLinear(MaskedMixin, nn.Linear):
-    """``nn.Linear`` whose weight carries a mask; parameter names and layout are unchanged."""
+class _MaskedDenseWeight(MaskedMixin):
+    """A dense layer whose one prunable tensor is its ``weight``, stored in the original layout."""
 
     prunable = ("weight",)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.init_masks()
 
     @property
     def dense_params(self) -> int:
         return self.weight.numel()
+
+    def to_dense(self) -> torch.Tensor:
+        return self.masked("weight").detach()
+
+
+def linear_flops(input_shape: tuple[int, ...], in_features: int, out_features: int) -> int:
+    """2 x multiply-adds of a linear map applied to every row of an input of this shape."""
+    rows = 1
+    for s in input_shape[:-1]:
+        rows *= s
+    return 2 * rows * in_features * out_features
+
+
+class MaskedLinear(_MaskedDenseWeight, nn.Linear):
+    """``nn.Linear`` whose weight carries a mask; parameter names and layout are unchanged."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_masks()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> MaskedLinear:
@@ -136,27 +151,15 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         return F.linear(x, self.masked("weight"), self.bias)
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
-        rows = 1
-        for s in input_shape[:-1]:
-            rows *= s
-        return 2 * rows * self.in_features * self.out_features
-
-    def to_dense(self) -> torch.Tensor:
-        return self.masked("weight").detach()
+        return linear_flops(input_shape, self.in_features, self.out_features)
 
 
-class MaskedConv2d(MaskedMixin, nn.Conv2d):
+class MaskedConv2d(_MaskedDenseWeight, nn.Conv2d):
     """``nn.Conv2d`` whose weight carries a mask; parameter names and layout are unchanged."""
-
-    prunable = ("weight",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.init_masks()
-
-    @property
-    def dense_params(self) -> int:
-        return self.weight.numel()
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> MaskedConv2d:
@@ -178,9 +181,6 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
         batch = input_shape[0] if len(input_shape) == 4 else 1
         return 2 * batch * out[0] * out[1] * self.weight.numel()
 
-    def to_dense(self) -> torch.Tensor:
-        return self.masked("weight").detach()
-
 
 def conv2d_output_hw(hw, kernel_size, stride, padding, dilation) -> tuple[int, int]:
     """Spatial output size of a 2-d convolution (``padding`` may be ``'same'``/``'valid'``)."""
@@ -194,14 +194,12 @@ def conv2d_output_hw(hw, kernel_size, stride, padding, dilation) -> tuple[int, i
     return out[0], out[1]
 
 
-class MaskedTransposedLinear(MaskedMixin, nn.Module):
+class MaskedTransposedLinear(_MaskedDenseWeight, nn.Module):
     """A linear map stored as (in, out), like Hugging Face's ``Conv1D``, whose weight carries a mask.
 
     Replaces ``transformers.pytorch_utils.Conv1D`` for ``action: prune`` with the same
     parameter names (``weight``, ``bias``) and layout, so its state_dict still loads.
     """
-
-    prunable = ("weight",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -212,10 +210,6 @@ class MaskedTransposedLinear(MaskedMixin, nn.Module):
             nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         )
         self.init_masks()
-
-    @property
-    def dense_params(self) -> int:
-        return self.weight.numel()
 
     @classmethod
     def from_hf_conv1d(cls, conv1d: nn.Module) -> MaskedTransposedLinear:
@@ -231,10 +225,4 @@ class MaskedTransposedLinear(MaskedMixin, nn.Module):
         return y if self.bias is None else y + self.bias
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
-        rows = 1
-        for s in input_shape[:-1]:
-            rows *= s
-        return 2 * rows * self.in_features * self.out_features
-
-    def to_dense(self) -> torch.Tensor:
-        return self.masked("weight").detach()
+        return linear_flops(input_shape, self.in_features, self.out_features)
