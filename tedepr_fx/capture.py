@@ -310,7 +310,7 @@ def _functional_site(gm: fx.GraphModule, node: fx.Node, prefix: str, region: str
     if kind is CONV2D and any(not isinstance(a, (int, tuple, list, str)) for a in node.args[3:]):
         return None
     w = gm.get_parameter(weight.target) if _is_param(gm, weight.target) else None
-    if w is None:
+    if w is None or len(weight.users) > 1:  # one weight read by several calls: keep it dense
         return None
     b = gm.get_parameter(bias.target) if bias is not None else None
     name = _join(prefix, weight.target)
@@ -442,7 +442,8 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, verify: bo
         sites = (_descend(model, "", calls, regions, verify) if calls
                  else _walk_eager(model, "", "", "swap"))
 
-    if verify and isinstance(root, fx.GraphModule) and not _verify(model, root, (example_inputs, {})):
+    if (verify and example_inputs is not None and isinstance(root, fx.GraphModule)
+            and not _verify(model, root, (example_inputs, {}))):
         root, regions[0] = model, Region("", "swap", "traced graph did not reproduce the model's outputs")
         sites = _descend(model, "", calls, regions, verify)
     elif verify and example_inputs is not None and any(r.mode == "graph" for r in regions):

@@ -157,3 +157,25 @@ def test_hugging_face_bert_traces_its_traceable_blocks():
     assert regions["encoder.layer.0.intermediate"] == "graph"
     assert len(cap.sites) == 2 * 6 + 1  # q, k, v, attention out, intermediate, output; pooler
     torch.testing.assert_close(cap.module(ids).last_hidden_state, expected)
+
+
+def test_graph_view_and_layer_flow():
+    from tedepr_fx.analysis import graph_view, layer_flow
+
+    cap = capture(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), (torch.randn(3, 4),))
+    view = graph_view(cap.module)
+    assert view.has_edge("_0", "_1") and view.nodes["_2"]["op"] == "call_module"
+    assert layer_flow(cap.module) == {"0": [], "2": ["0"]}
+
+
+def test_functional_weight_read_twice_is_not_a_layer():
+    class TiedInCode(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            return F.linear(F.linear(x, self.w), self.w)
+
+    cap = capture(TiedInCode(), (torch.randn(2, 4),))
+    assert cap.sites == []
