@@ -426,31 +426,32 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, verify: bo
     verify
         Check that traced regions reproduce the recorded outputs (off for meta-device dry runs).
     """
+    # The root first: when it traces and reproduces the model on a two-sample slice of the
+    # example, input shapes come from a run on the meta device and no full forward is needed.
     calls: dict[str, tuple] = {}
-    reference = None
-    if example_inputs is not None:
-        calls, reference = record_calls(model, example_inputs)
-
     regions: list[Region] = []
-    traced = _try_trace(model, calls.get("") if calls else None)
+    traced = _try_trace(model, (example_inputs, {}) if example_inputs is not None else None)
+    if (isinstance(traced, fx.GraphModule) and verify and example_inputs is not None
+            and not _verify(model, traced, (_batch_slice(example_inputs), {}))):
+        traced = "traced graph did not reproduce the model's outputs"
     if isinstance(traced, fx.GraphModule):
         root: nn.Module = traced
         regions.append(Region("", "graph"))
         sites = _graph_sites(traced, "", "")
+        if example_inputs is not None:
+            calls = _record_on_meta(model, example_inputs)
     else:
         root = model
         regions.append(Region("", "swap", traced))
+        reference = None
+        if example_inputs is not None:
+            calls, reference = record_calls(model, example_inputs)
         sites = (_descend(model, "", calls, regions, verify) if calls
                  else _walk_eager(model, "", "", "swap"))
-
-    if (verify and example_inputs is not None and isinstance(root, fx.GraphModule)
-            and not _verify(model, root, (example_inputs, {}), expected=reference)):
-        root, regions[0] = model, Region("", "swap", "traced graph did not reproduce the model's outputs")
-        sites = _descend(model, "", calls, regions, verify)
-    elif verify and example_inputs is not None and any(r.mode == "graph" for r in regions):
-        if not _same_output(reference, _run(root, example_inputs, {})):
-            raise CaptureError("captured graph does not reproduce the model's outputs; "
-                               "please report this model")
+        if verify and calls and any(r.mode == "graph" for r in regions):
+            if not _same_output(reference, _run(root, example_inputs, {})):
+                raise CaptureError("captured graph does not reproduce the model's outputs; "
+                                   "please report this model")
 
     _mark_shared(sites)
     shapes = {}
@@ -461,6 +462,22 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, verify: bo
     if calls:
         shapes.update(_functional_shapes(root, sites, calls))
     return Captured(module=root, regions=regions, sites=sites, input_shapes=shapes)
+
+
+def _batch_slice(example_inputs: tuple) -> tuple:
+    """The first two samples of every batched tensor input (enough for batch norm)."""
+    return tuple(t[:2] if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in example_inputs)
+
+
+def _record_on_meta(model: nn.Module, example_inputs: tuple) -> dict[str, tuple]:
+    """Recorded calls (for their shapes) from a run on the meta device; a real run if meta fails."""
+    from tedepr_fx.utils import meta_copy
+
+    meta_inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    try:
+        return record_calls(meta_copy(model), meta_inputs)[0]
+    except CaptureError:
+        return record_calls(model, example_inputs)[0]
 
 
 def _descend(module: nn.Module, prefix: str, calls: dict[str, tuple], regions: list[Region],
@@ -539,11 +556,19 @@ def _functional_shapes(root: nn.Module, sites: list[LayerSite], calls: dict[str,
         args, kwargs = calls.get(region, ((), {}))
         if kwargs or not isinstance(gm, fx.GraphModule):
             continue
+        if any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in args):
+            from tedepr_fx.utils import meta_copy
+
+            gm = meta_copy(gm)
+            site_nodes = {n.name: n for n in gm.graph.nodes}
+        else:
+            site_nodes = None
         with torch.no_grad():
             ShapeProp(gm).propagate(*args)
         for site in sites:
             if site.functional and site.region == region:
-                source = site.node.args[0] if site.node.args else site.node.kwargs.get("input")
+                node = site_nodes[site.node.name] if site_nodes is not None else site.node
+                source = node.args[0] if node.args else node.kwargs.get("input")
                 meta = getattr(source, "meta", {}).get("tensor_meta")
                 if meta is not None:
                     shapes[site.name] = tuple(meta.shape)
