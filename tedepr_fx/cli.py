@@ -173,7 +173,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparsity", type=float, default=0.99)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--dataset", default="auto",
                         help="auto (Fashion-MNIST if installed, else scikit-learn digits), digits, "
                              "fashion-mnist, mnist")
