@@ -97,6 +97,16 @@ class _TTCores(DenseWeightView, MaskedMixin, nn.Module):
         self._cache_key = None
         self._cache = None
 
+    def _init_bias(self, bias: bool, out_features: int, fan_in: int, device, dtype) -> None:
+        """The dense layer's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); none on meta."""
+        if not bias:
+            self.register_parameter("bias", None)
+            return
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+        if self.bias.device.type != "meta":
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
     def _channel_names(self) -> list[str]:
         return list(self.prunable[self._first_channel_core :])
 
@@ -187,13 +197,7 @@ class TTLinear(_TTCores):
         flat = tt_scratch_cores(dims, ranks, 1.0 / (3 * in_features), device=device, dtype=dtype)
         self._register_cores([c.reshape(ranks[k], m, n, ranks[k + 1])
                               for k, (c, m, n) in enumerate(zip(flat, in_modes, out_modes))])
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
-            if self.bias.device.type != "meta":
-                bound = 1.0 / math.sqrt(in_features)
-                nn.init.uniform_(self.bias, -bound, bound)
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, out_features, in_features, device, dtype)
         self.tedepr_info = {
             "format": "tt",
             "in_modes": in_modes,
@@ -362,13 +366,7 @@ class TTConv2d(_TTCores):
         dims = [kh * kw] + [m * n for m, n in zip(in_modes, out_modes)]
         flat = tt_scratch_cores(dims, ranks, 1.0 / (3 * fan_in), device=device, dtype=dtype)
         self._register_cores(_conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
-            if self.bias.device.type != "meta":
-                bound = 1.0 / math.sqrt(fan_in)
-                nn.init.uniform_(self.bias, -bound, bound)
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, out_channels, fan_in, device, dtype)
         self.tedepr_info = {
             "format": "tt",
             "in_modes": in_modes,
