@@ -24,10 +24,10 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved_samples
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -70,16 +70,8 @@ def scoring(model: nn.Module, batch, **options):
 
 def time_interleaved(variants: dict, reps: int, warmup: int = 2) -> dict[str, tuple[float, float]]:
     """(median, min) seconds per variant; the min is the least disturbed by other jobs."""
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
+    return {name: (statistics.median(s), min(s))
+            for name, s in interleaved_samples(variants, reps, warmup).items()}
 
 
 def peak_memory(fn) -> int:

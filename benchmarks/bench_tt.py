@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+from timing import interleaved_samples
 from torch import nn
 
 from tedepr_fx.layers.tt import TTLinear
@@ -34,16 +35,7 @@ def fwd_bwd(module: nn.Module, make_input):
 
 
 def time_interleaved(variants: dict, reps: int, warmup: int = 3) -> dict:
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: statistics.median(s) for name, s in interleaved_samples(variants, reps, warmup).items()}
 
 
 def tt_linear_case(in_modes, out_modes, rank, batch, reps):

@@ -15,9 +15,9 @@ import datetime
 import platform
 import statistics
 import sys
-import time
 
 import torch
+from timing import interleaved_samples
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -34,16 +34,7 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor):
 
 
 def time_interleaved(variants: dict, reps: int, warmup: int = 2) -> dict[str, float]:
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: statistics.median(s) for name, s in interleaved_samples(variants, reps, warmup).items()}
 
 
 def conv_case(reps: int) -> tuple[str, dict[str, float], dict[str, str]]:
