@@ -128,9 +128,10 @@ def transform(
                 setattr(model, name, child)
 
     if allocation is not None:
+        qualnames = {id(m): n for n, m in result.named_modules()}
         for d in decisions:
             info = getattr(d.site.get(), "tedepr_info", None)
-            layer = allocation.per_layer.get(_qualname(result, d.site.get()))
+            layer = allocation.per_layer.get(qualnames.get(id(d.site.get()), ""))
             if info is not None and layer is not None:
                 info["allocation"] = _allocation_note(layer)
     _attach_record(result, captured, decisions, dense_flops)
@@ -265,13 +266,6 @@ def _row(d: Decision, new: nn.Module | None, shape, dense_flops: int | None, *, 
         row.note = "whole (stores less than its budget)" if row.kept == row.stored else (
             f"budget {d.budget.allocation}" if d.budget.allocation != "uniform" else "")
     return row
-
-
-def _qualname(model: nn.Module, module: nn.Module) -> str:
-    for name, m in model.named_modules():
-        if m is module:
-            return name
-    return ""
 
 
 def _allocation_note(layer) -> str:
