@@ -14,6 +14,7 @@ from torch import nn
 
 from tedepr_fx.layers.masked import MaskedLinear, MaskedMixin
 from tedepr_fx.scoring import collect_targets, get_scorer
+from tedepr_fx.scoring.trainability import step_groups
 
 
 class TwoFactor(MaskedMixin, nn.Module):
@@ -51,12 +52,12 @@ def leaves(model):
             for p in (model[0].weight, model[0].bias, model[2].weight, model[2].bias)]
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_trainability_matches_hand_written_meta_gradient(first_order):
+@pytest.mark.parametrize(("first_order", "checkpoint"), [(False, True), (False, False), (True, True)])
+def test_trainability_matches_hand_written_meta_gradient(first_order, checkpoint):
     model, batches = mlp(nn.Tanh()), data(2)
     steps, lr = 3, 0.5
-    scores = get_scorer("trainability", steps=steps, inner_lr=lr, first_order=first_order).score(
-        model, collect_targets(model), batches)
+    scores = get_scorer("trainability", steps=steps, inner_lr=lr, first_order=first_order,
+                        checkpoint=checkpoint).score(model, collect_targets(model), batches)
 
     m1 = torch.ones(6, 4, requires_grad=True)
     m2 = torch.ones(3, 6, requires_grad=True)
@@ -81,11 +82,12 @@ def test_trainability_second_order_terms_matter():
     assert not torch.allclose(full["0.weight"], first["0.weight"])
 
 
-def test_trainability_on_factor_tensors():
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_trainability_on_factor_tensors(checkpoint):
     torch.manual_seed(0)
     model = nn.Sequential(TwoFactor(4, 2, 3))
     batches = data(1)
-    scores = get_scorer("trainability", steps=2, inner_lr=0.3).score(
+    scores = get_scorer("trainability", steps=2, inner_lr=0.3, checkpoint=checkpoint).score(
         model, collect_targets(model), batches)
     A = model[0].A.detach().clone().requires_grad_(True)
     B = model[0].B.detach().clone().requires_grad_(True)
@@ -98,6 +100,66 @@ def test_trainability_on_factor_tensors():
     ga, gb = torch.autograd.grad(F.cross_entropy(x @ (A * mA) @ (B * mB), y), [mA, mB])
     torch.testing.assert_close(scores["0.A"], ga.abs())
     torch.testing.assert_close(scores["0.B"], gb.abs())
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_trainability_splits_the_batches_into_k_plus_one_groups(checkpoint):
+    """5 batches, K=1: step 0 reads the mean loss of batches 0-2, the final loss batches 3-4."""
+    model, batches = mlp(nn.ReLU()), data(5)
+    scores = get_scorer("trainability", steps=1, inner_lr=0.5, checkpoint=checkpoint).score(
+        model, collect_targets(model), batches)
+
+    def mean_loss(params, masks, group):
+        w1, b1, w2, b2 = params
+        return sum(F.cross_entropy(ref_forward(w1 * masks[0], b1, w2 * masks[1], b2, x, torch.relu), y)
+                   for x, y in group) / len(group)
+
+    masks = [torch.ones(6, 4, requires_grad=True), torch.ones(3, 6, requires_grad=True)]
+    params = leaves(model)
+    gs = torch.autograd.grad(mean_loss(params, masks, batches[:3]), params, create_graph=True)
+    params = [p - 0.5 * g for p, g in zip(params, gs)]
+    g1, g2 = torch.autograd.grad(mean_loss(params, masks, batches[3:]), masks)
+    torch.testing.assert_close(scores["0.weight"], g1.abs())
+    torch.testing.assert_close(scores["2.weight"], g2.abs())
+
+
+def test_step_groups_read_every_batch_once_or_cycle():
+    assert step_groups(10, 3) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert step_groups(4, 3) == [[0], [1], [2], [3]]
+    assert step_groups(2, 3) == [[0], [1], [0], [1]]
+    assert step_groups(1, 2) == [[0], [0], [0]]
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_trainability_scores_a_frozen_target_through_the_other_weights(checkpoint):
+    model, batches = mlp(nn.Tanh()), data(2)
+    model[0].weight.requires_grad_(False)
+    scores = get_scorer("trainability", steps=2, inner_lr=0.5, checkpoint=checkpoint).score(
+        model, collect_targets(model), batches)
+    m1, m2 = torch.ones(6, 4, requires_grad=True), torch.ones(3, 6, requires_grad=True)
+    w1, b1, w2, b2 = leaves(model)
+    w1 = w1.detach()
+    for k in range(2):
+        x, y = batches[k]
+        loss = F.cross_entropy(ref_forward(w1 * m1, b1, w2 * m2, b2, x), y)
+        gs = torch.autograd.grad(loss, [b1, w2, b2], create_graph=True)
+        b1, w2, b2 = (p - 0.5 * g for p, g in zip((b1, w2, b2), gs))
+    x, y = batches[0]
+    g1, g2 = torch.autograd.grad(F.cross_entropy(ref_forward(w1 * m1, b1, w2 * m2, b2, x), y), [m1, m2])
+    torch.testing.assert_close(scores["0.weight"], g1.abs())
+    torch.testing.assert_close(scores["2.weight"], g2.abs())
+
+
+def test_checkpointed_and_unrolled_agree_with_dropout_and_batchnorm():
+    torch.manual_seed(0)
+    model = nn.Sequential(MaskedLinear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3),
+                          MaskedLinear(8, 3))
+    batches = data(6)
+    kw = dict(steps=3, inner_lr=0.3, seed=4)
+    a = get_scorer("trainability", checkpoint=True, **kw).score(model, collect_targets(model), batches)
+    b = get_scorer("trainability", checkpoint=False, **kw).score(model, collect_targets(model), batches)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-7)
 
 
 def test_snip_is_abs_of_summed_gradient_times_weight():

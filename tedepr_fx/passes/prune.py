@@ -48,7 +48,7 @@ def prune(model: nn.Module, decisions: list[Decision], scoring, *, batches, loss
         rules = sorted({d.rule_name for d, _ in members})
         scorer = get_scorer(
             scorer_name, steps=scoring.steps, inner_lr=scoring.inner_lr,
-            first_order=scoring.first_order, density=density, seed=seed, verbose=verbose,
+            first_order=scoring.first_order, checkpoint=scoring.checkpoint, density=density, seed=seed, verbose=verbose,
         )
         targets = [t for _, g in members for t in g.targets]
         scores.update(scorer.score(

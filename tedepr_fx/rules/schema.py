@@ -136,6 +136,9 @@ class Scoring(_Model):
     steps: int = Field(3, ge=1, description="K, the SGD steps the trainability meta-gradient looks through.")
     inner_lr: float = Field(0.1, gt=0, description="Learning rate of those K inner steps.")
     first_order: bool = Field(False, description="Drop second-order terms of the meta-gradient (cheaper).")
+    checkpoint: bool = Field(
+        True, description="Recompute the K steps instead of keeping their graphs: exact, memory of about "
+        "two training steps, about K more forward+backward passes.")
 
 
 class Defaults(_Model):

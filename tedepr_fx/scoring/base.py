@@ -123,6 +123,9 @@ class Scorer:
         Learning rate of those steps (default 0.1).
     first_order : bool
         Drop the second-order terms of the meta-gradient (default False).
+    checkpoint : bool
+        Recompute the K steps in the meta-gradient's reverse sweep instead of
+        keeping their graphs (default True: exact, memory of about two steps).
     density : float, optional
         Final density (kept / stored) for the iterative scorers (synflow, force).
     iterations : int, optional
@@ -139,11 +142,11 @@ class Scorer:
     needs_data: ClassVar[bool] = True
     default_iterations: ClassVar[int] = 1
     _options: ClassVar[tuple[str, ...]] = (
-        "steps", "inner_lr", "first_order", "density", "iterations", "temperature", "seed", "verbose",
+        "steps", "inner_lr", "first_order", "checkpoint", "density", "iterations", "temperature", "seed", "verbose",
     )
 
     def __init__(self, *, steps: int = 3, inner_lr: float = 0.1, first_order: bool = False,
-                 density: float | None = None, iterations: int | None = None,
+                 checkpoint: bool = True, density: float | None = None, iterations: int | None = None,
                  temperature: float = 200.0, seed: int = 0, verbose: bool = True) -> None:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"scorer {self.name!r}: steps must be an int >= 1; got {steps!r}")
@@ -156,6 +159,7 @@ class Scorer:
         self.steps = steps
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
+        self.checkpoint = bool(checkpoint)
         self.density = None if density is None else check_density(density, f"scorer {self.name!r}")
         self.iterations = self.default_iterations if iterations is None else iterations
         self.temperature = float(temperature)

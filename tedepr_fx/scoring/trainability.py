@@ -5,14 +5,21 @@ References
 Liu et al., "Dual-grained Lightweight Strategy" (TEDEPR), IEEE TPAMI 46(12), 2024.
 Alizadeh et al., "Prospect Pruning: Finding Trainable Weights at Initialization
 using Meta-Gradients" (ProsPr), ICLR 2022.
+Griewank and Walther, "Algorithm 799: revolve" (ACM TOMS, 2000), for recomputing
+the steps of a reverse sweep instead of storing them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from tedepr_fx.scoring.base import Scorer, _Run
+from tedepr_fx.scoring.base import Batch, Scorer, _Run
+
+Tensors = dict[str, Tensor]
 
 
 class TrainabilityScorer(Scorer):
@@ -23,15 +30,40 @@ class TrainabilityScorer(Scorer):
     the style of ProsPr (Alizadeh et al., ICLR 2022): put a mask :math:`m = 1` on
     every target, take ``steps`` = K SGD steps on all trainable parameters
 
-    .. math:: w_{k+1} = w_k - \eta \, \nabla_w L(w_k \odot m; B_k), \quad k = 0..K-1
+    .. math:: w_{k+1} = w_k - \eta \, \nabla_w L_k(w_k \odot m), \quad k = 0..K-1
 
-    on the batches used cyclically (step k uses batch ``k mod n``), then score
-    :math:`|\partial L(w_K \odot m; B_{K \bmod n}) / \partial m|`, differentiating
-    through the K steps. ``first_order=True`` treats the inner gradients as
-    constants (no second-order terms: memory of one step, for big models).
+    then score :math:`|\partial L_K(w_K \odot m) / \partial m|`, differentiating
+    through the K steps. :math:`L_k` is the mean loss over the k-th of K + 1
+    groups of the scoring batches: with ``n`` batches, ``n >= K + 1`` are split
+    into K + 1 consecutive groups as evenly as possible (every batch is read
+    once); fewer are used cyclically, one per step (step k reads batch
+    ``k mod n``).
+
+    Three ways to compute it:
+
+    * ``checkpoint=True`` (the default): exact, with the memory of about two
+      training steps whatever K is. The forward sweep keeps only the weights
+      :math:`w_k`; the reverse sweep recomputes step k and applies its
+      transposed Jacobian with one Hessian-vector product (double backward).
+      With :math:`a = \partial L_K / \partial w_{k+1}`, :math:`g_k` the gradient
+      and :math:`H_k` the Hessian of :math:`L_k` at :math:`w_k` and
+      :math:`m = 1`:
+
+      .. math::
+
+         \frac{\partial L_K}{\partial m} \mathrel{+}= -\eta\,(a \odot g_k + w_k \odot H_k a),
+         \qquad a \leftarrow a - \eta H_k a,
+
+      starting from :math:`\partial L_K/\partial m = w_K \odot g_K`, :math:`a = g_K`.
+      It costs K more forward+backward passes than unrolling.
+    * ``checkpoint=False``: exact, by keeping the graphs of all K steps and one
+      backward through them; faster, with memory that grows with K.
+    * ``first_order=True``: treats the inner gradients as constants (no
+      second-order terms): the time of K + 1 training steps and the memory of one.
 
     The model runs in train mode (BatchNorm uses batch statistics); its running
-    statistics are restored afterwards.
+    statistics are restored afterwards. Dropout draws the same masks when a step
+    is recomputed.
     """
 
     name = "trainability"
@@ -39,27 +71,147 @@ class TrainabilityScorer(Scorer):
 
     def __repr__(self) -> str:
         return (f"TrainabilityScorer(steps={self.steps}, inner_lr={self.inner_lr}, "
-                f"first_order={self.first_order})")
+                f"first_order={self.first_order}, checkpoint={self.checkpoint})")
 
-    def _score(self, run: _Run) -> dict[str, Tensor]:
+    def _score(self, run: _Run) -> Tensors:
         run.model.train()
+        groups = step_groups(len(run.batches), self.steps)
+        batches = [[run.batches[i] for i in g] for g in groups]
+        with self._progress(self.steps + 1 + (self.steps if self._checkpointed else 0), self.name) as bar:
+            if self._checkpointed:
+                return self._reverse_sweep(run, batches, bar)
+            return self._unrolled(run, batches, bar)
+
+    @property
+    def _checkpointed(self) -> bool:
+        return self.checkpoint and not self.first_order
+
+    # -- all steps in one graph ---------------------------------------------------
+    def _unrolled(self, run: _Run, batches: list[list[Batch]], bar: Any) -> Tensors:
         masks = run.ones(requires_grad=True)
-        names = [n for n, p in run.model.named_parameters() if p.requires_grad]
         params = {n: p.detach().clone().requires_grad_(True)
                   for n, p in run.model.named_parameters() if p.requires_grad}
-        n_batches = len(run.batches)
-        with self._progress(self.steps + 1, self.name) as bar:
-            for k in range(self.steps):
-                loss = run.loss(run.batches[k % n_batches], masks, params)
-                grads = torch.autograd.grad(
-                    loss, [params[n] for n in names], create_graph=not self.first_order,
-                    allow_unused=True,
-                )
-                params = {n: params[n] if g is None else params[n] - self.inner_lr * g
-                          for n, g in zip(names, grads)}
-                bar.update(1)
-            final = run.loss(run.batches[self.steps % n_batches], masks, params)
-            keys = list(masks)
-            grads = torch.autograd.grad(final, [masks[k] for k in keys], allow_unused=True)
+        names = list(params)
+        for k in range(self.steps):
+            loss = _mean_loss(run, batches[k], masks, params)
+            grads = torch.autograd.grad(
+                loss, [params[n] for n in names], create_graph=not self.first_order, allow_unused=True,
+            )
+            params = {n: params[n] if g is None else params[n] - self.inner_lr * g
+                      for n, g in zip(names, grads)}
             bar.update(1)
+        final = _mean_loss(run, batches[self.steps], masks, params)
+        keys = list(masks)
+        grads = torch.autograd.grad(final, [masks[k] for k in keys], allow_unused=True)
+        bar.update(1)
         return {k: (torch.zeros_like(masks[k]) if g is None else g.abs()) for k, g in zip(keys, grads)}
+
+    # -- forward sweep storing weights, reverse sweep recomputing each step ---------
+    def _reverse_sweep(self, run: _Run, batches: list[list[Batch]], bar: Any) -> Tensors:
+        masks = run.ones(requires_grad=False)
+        trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+        # the variables: every trainable parameter and every target tensor (frozen or not)
+        weights = {n: p.detach() for n, p in run.model.named_parameters() if n in trainable}
+        for key, tensor in run.tensors().items():
+            weights.setdefault(run.param_path[key], tensor)
+        lr = self.inner_lr
+
+        history = []
+        for k in range(self.steps):
+            rng = _rng_state()
+            grads = _gradients(run, batches[k], masks, weights)
+            history.append((weights, rng))
+            weights = {n: w - lr * grads[n] if n in trainable else w for n, w in weights.items()}
+            bar.update(1)
+        grads = _gradients(run, batches[self.steps], masks, weights)
+        bar.update(1)
+
+        meta = {key: weights[path] * grads[path] for key, path in run.param_path.items()}
+        adjoint = {n: g if n in trainable else torch.zeros_like(g) for n, g in grads.items()}
+        for k in range(self.steps - 1, -1, -1):
+            weights, rng = history.pop()
+            _set_rng_state(rng)
+            grads, hvp = _gradients_and_hvp(run, batches[k], masks, weights, adjoint)
+            for key, path in run.param_path.items():
+                meta[key] = meta[key] - lr * (adjoint[path] * grads[path] + weights[path] * hvp[path])
+            adjoint = {n: a - lr * hvp[n] if n in trainable else a for n, a in adjoint.items()}
+            bar.update(1)
+        return {key: m.abs() for key, m in meta.items()}
+
+
+def step_groups(n_batches: int, steps: int) -> list[list[int]]:
+    """Which batches each of the K inner steps and the final loss read.
+
+    ``n_batches >= steps + 1``: ``steps + 1`` consecutive groups, sizes differing by
+    at most one (the first groups take the extra batches), so that every batch is
+    read once. Fewer batches: one per group, used cyclically.
+    """
+    parts = steps + 1
+    if n_batches < parts:
+        return [[k % n_batches] for k in range(parts)]
+    size, extra = divmod(n_batches, parts)
+    groups, start = [], 0
+    for k in range(parts):
+        stop = start + size + (1 if k < extra else 0)
+        groups.append(list(range(start, stop)))
+        start = stop
+    return groups
+
+
+def _mean_loss(run: _Run, batches: Sequence[Batch], masks: Tensors, params: Tensors) -> Tensor:
+    total = run.loss(batches[0], masks, params)
+    for batch in batches[1:]:
+        total = total + run.loss(batch, masks, params)
+    return total / len(batches)
+
+
+def _leaves(weights: Tensors) -> Tensors:
+    return {n: w.detach().requires_grad_(True) for n, w in weights.items()}
+
+
+def _gradients(run: _Run, batches: Sequence[Batch], masks: Tensors, weights: Tensors) -> Tensors:
+    """Gradient of the group's mean loss, accumulated batch by batch (memory of one)."""
+    total = {n: torch.zeros_like(w) for n, w in weights.items()}
+    for batch in batches:
+        leaves = _leaves(weights)
+        loss = run.loss(batch, masks, leaves) / len(batches)
+        for (n, _), g in zip(leaves.items(), torch.autograd.grad(loss, list(leaves.values()),
+                                                                   allow_unused=True)):
+            if g is not None:
+                total[n] += g
+    return total
+
+
+def _gradients_and_hvp(run: _Run, batches: Sequence[Batch], masks: Tensors, weights: Tensors,
+                       vector: Tensors) -> tuple[Tensors, Tensors]:
+    """Gradient and Hessian-vector product of the group's mean loss (double backward)."""
+    grads = {n: torch.zeros_like(w) for n, w in weights.items()}
+    hvp = {n: torch.zeros_like(w) for n, w in weights.items()}
+    for batch in batches:
+        leaves = _leaves(weights)
+        names = list(leaves)
+        loss = run.loss(batch, masks, leaves) / len(batches)
+        gs = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True, allow_unused=True)
+        used = [(n, g) for n, g in zip(names, gs) if g is not None]
+        dot = sum((g * vector[n]).sum() for n, g in used)
+        if not isinstance(dot, Tensor) or not dot.requires_grad:  # the loss is linear in every weight
+            hs: Sequence[Tensor | None] = [None] * len(used)
+        else:
+            hs = torch.autograd.grad(dot, [leaves[n] for n, _ in used], allow_unused=True)
+        for (n, g), h in zip(used, hs):
+            grads[n] += g.detach()
+            if h is not None:
+                hvp[n] += h
+    return grads, hvp
+
+
+def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
