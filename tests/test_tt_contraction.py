@@ -104,3 +104,19 @@ def test_choice_matches_opt_einsum_optimal_cost(rows, in_modes, out_modes, ranks
     _, info = opt_einsum.contract_path(expr, *shapes, shapes=True, optimize="optimal")
     _, ours = choose_plan(rows, in_modes, out_modes, ranks)
     assert ours <= int(info.opt_cost) * 1.0001
+
+
+@pytest.mark.parametrize("shapes", [
+    [(1, 3, 2, 4), (4, 5, 3, 1)],
+    [(1, 2, 3, 2), (2, 3, 2, 3), (3, 2, 2, 1)],
+    [(1, 4, 1, 3), (3, 1, 4, 1)],
+    [(1, 1, 1, 1), (1, 7, 5, 1)],
+])
+def test_whole_rebuild_matches_left_to_right_merge_with_first_and_second_derivatives(shapes):
+    from tedepr_fx.layers.contraction import _merge_left_to_right, merge_cores
+
+    torch.manual_seed(0)
+    cores = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    torch.testing.assert_close(merge_cores(cores), _merge_left_to_right(cores))
+    assert torch.autograd.gradcheck(lambda *c: merge_cores(list(c)), cores)
+    assert torch.autograd.gradgradcheck(lambda *c: merge_cores(list(c)), cores)

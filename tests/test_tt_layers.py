@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -198,3 +200,47 @@ def test_tt_lstm_accounting_counts_all_dense_weights():
     stored = sum(getattr(tt, n).numel() for n in tt.prunable)
     assert tt.stored_params() == stored
     assert "weight_hh_l0" in tt.prunable and "weight_hh_l1" in tt.prunable
+
+
+def test_tt_lstm_merges_each_map_once_per_forward_and_caches_in_eval(monkeypatch):
+    import tedepr_fx.layers.tt_lstm as tt_lstm_module
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(12, 6, num_layers=2)
+    tt = TTLSTM.from_lstm(lstm, "full", init="decompose", hidden_to_hidden=True)
+    calls = []
+    real = tt_lstm_module.group_cores
+    monkeypatch.setattr(tt_lstm_module, "group_cores", lambda cores, groups: calls.append(1) or real(cores, groups))
+    x = torch.randn(5, 3, 12)
+    tt(x)[0].sum().backward()
+    assert len(calls) == 4  # ih and hh of two layers, not once per time step
+
+    tt.eval()
+    calls.clear()
+    with torch.no_grad():
+        first = tt(x)[0]
+        assert len(calls) == 4
+        torch.testing.assert_close(tt(x)[0], first)
+        assert len(calls) == 4  # reused
+        torch.testing.assert_close(first, lstm(x)[0], rtol=1e-4, atol=1e-5)
+        tt.hh_l1_core_0.mul_(0.5)
+        changed = tt(x)[0]
+        assert len(calls) == 5 and not torch.allclose(changed, first)  # only hh_l1 is merged again
+        mask = torch.ones_like(tt.ih_l0_core_0, dtype=torch.bool)
+        mask.view(-1)[0] = False
+        tt.set_mask("ih_l0_core_0", mask)
+        tt(x)
+        assert len(calls) == 6  # only ih_l0
+    with torch.enable_grad():  # eval mode with autograd on: never cached, so gradients flow
+        tt(x)[0].sum().backward()
+    assert tt.ih_l0_core_0.grad is not None
+
+
+def test_tt_lstm_explicit_modes_apply_to_every_map_they_fit():
+    maps = TTLSTM.plan_maps(16, 16, 2, 4, modes=([4, 4], [8, 8]), hidden_to_hidden=True)
+    assert [(m["in_modes"], m["out_modes"]) for m in maps] == [([4, 4], [8, 8])] * 4
+    maps = TTLSTM.plan_maps(12, 16, 2, 4, modes=([3, 4], [8, 8]), hidden_to_hidden=True)
+    assert (maps[0]["in_modes"], maps[0]["out_modes"]) == ([3, 4], [8, 8])
+    assert all(math.prod(m["in_modes"]) - m["in_pad"] == 16 for m in maps[1:])  # hidden-sized: auto
+    with pytest.raises(ValueError, match="in_modes"):
+        TTLSTM.plan_maps(12, 16, 1, 4, modes=([4, 4], [8, 8]))

@@ -261,9 +261,9 @@ def test_eval_cache_is_reused_and_invalidated_by_factor_and_mask_changes():
     assert layer.choose_plan(x.shape) != "chain"
     with torch.no_grad():
         torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-4)
-        cached = layer._cache[1]
+        cached = layer._eval_cache["merged"][1]
         layer(x)
-        assert layer._cache[1] is cached
+        assert layer._eval_cache["merged"][1] is cached
         layer.core.mul_(2)
         torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense(), layer.bias))
         mask = torch.rand(layer.core.shape) > 0.5

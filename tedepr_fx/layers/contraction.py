@@ -47,12 +47,17 @@ def _grouped_shapes(in_modes, out_modes, ranks, groups):
     """Shapes ``(r_start, M, N, r_end)`` of the super-cores, and the merge FLOPs."""
     shapes, merge_flops, k = [], 0, 0
     for size in groups:
-        r0, big_m, big_n = ranks[k], 1, 1
-        for j in range(k, k + size):
-            if j > k:  # merging (r0, M, N, r_j) with (r_j, m, n, r_{j+1})
+        whole = size > 1 and ranks[k] == 1 and ranks[k + size] == 1  # merge_cores: first x rest
+        start = k + 1 if whole else k
+        r0, big_m, big_n = ranks[start], 1, 1
+        for j in range(start, k + size):
+            if j > start:  # merging (r0, M, N, r_j) with (r_j, m, n, r_{j+1})
                 merge_flops += 2 * r0 * big_m * big_n * ranks[j] * in_modes[j] * out_modes[j] * ranks[j + 1]
             big_m *= in_modes[j]
             big_n *= out_modes[j]
+        if whole:
+            merge_flops += 2 * in_modes[k] * out_modes[k] * ranks[k + 1] * big_m * big_n
+            r0, big_m, big_n = 1, big_m * in_modes[k], big_n * out_modes[k]
         k += size
         shapes.append((r0, big_m, big_n, ranks[k]))
     return shapes, merge_flops
@@ -122,7 +127,64 @@ def choose_plan(rows: int, in_modes, out_modes, ranks) -> tuple[Plan, int]:
 
 
 def merge_cores(cores: list[torch.Tensor]) -> torch.Tensor:
-    """Contract consecutive TT-matrix cores into one ``(r_start, prod m, prod n, r_end)`` core."""
+    """Contract consecutive TT-matrix cores into one ``(r_start, prod m, prod n, r_end)`` core.
+
+    A whole weight (``r_start = r_end = 1``) is built as the first core times the merge
+    of the others (:class:`_FirstTimesRest`), which writes the weight once in its final
+    layout; other groups merge left to right.
+    """
+    if len(cores) > 1 and cores[0].shape[0] == 1 and cores[-1].shape[-1] == 1:
+        rest = _merge_left_to_right(cores[1:])
+        _, m1, n1, r1 = cores[0].shape
+        _, big_m, big_n, _ = rest.shape
+        weight = _FirstTimesRest.apply(cores[0].reshape(m1, n1, r1), rest.reshape(r1, big_m, big_n))
+        return weight.reshape(1, m1 * big_m, n1 * big_n, 1)
+    return _merge_left_to_right(cores)
+
+
+class _FirstTimesRest(torch.autograd.Function):
+    r"""``W[i, P, o, Q] = sum_a first[i, o, a] * rest[a, P, Q]``: the last step of a rebuild.
+
+    Merging left to right ends with a ``(rows, r) @ (r, m * n)`` product whose output
+    must be permuted into the weight's ``(in, out)`` layout: a copy of the weight, and
+    in backward a copy of its gradient plus two products with an inner size of r, slow
+    on CPU. Here the first core is the one merged last: for each of its input indices
+    ``i`` one batched product (batch ``P``) writes the contiguous block ``W[i]``
+    directly; backward permutes the weight's gradient once and makes two batched
+    products with inner sizes ``i * o`` and ``Q``.
+    """
+
+    @staticmethod
+    def forward(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        m1, n1, r = first.shape
+        _, big_m, big_n = rest.shape
+        rest_p = rest.transpose(0, 1).contiguous()  # (P, a, Q)
+        out = torch.empty(m1, big_m, n1, big_n, dtype=torch.result_type(first, rest), device=first.device)
+        for i in range(m1):
+            torch.bmm(first[i].expand(big_m, n1, r), rest_p, out=out[i])
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        first, rest = ctx.saved_tensors
+        m1, n1, r = first.shape
+        _, big_m, big_n = rest.shape
+        grad_p = grad.permute(1, 0, 2, 3).reshape(big_m, m1 * n1, big_n)  # (P, i*o, Q)
+        d_first = d_rest = None
+        if ctx.needs_input_grad[0]:
+            rest_p = rest.transpose(0, 1)  # (P, a, Q)
+            d_first = torch.bmm(grad_p, rest_p.transpose(1, 2)).sum(0).reshape(m1, n1, r)
+        if ctx.needs_input_grad[1]:
+            lhs = first.reshape(m1 * n1, r).t().expand(big_m, r, m1 * n1)
+            d_rest = torch.bmm(lhs, grad_p).transpose(0, 1)
+        return d_first, d_rest
+
+
+def _merge_left_to_right(cores: list[torch.Tensor]) -> torch.Tensor:
     out = cores[0]
     for core in cores[1:]:
         r0, big_m, big_n, r1 = out.shape

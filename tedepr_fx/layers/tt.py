@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tt import tt_scratch_cores, tt_svd
+from tedepr_fx.layers.cache import EvalCache
 from tedepr_fx.layers.contraction import (
     Groups,
     Plan,
@@ -84,7 +85,7 @@ def _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad,
         raise ValueError(f"ranks must be {n_ranks} positive ints with ends 1; got {list(ranks)}")
 
 
-class _TTCores(DenseWeightView, MaskedMixin, nn.Module):
+class _TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
     """Shared machinery: masked TT-matrix cores ``core_{first}..`` and the eval-mode cache."""
 
     _first_channel_core = 0
@@ -94,8 +95,6 @@ class _TTCores(DenseWeightView, MaskedMixin, nn.Module):
             setattr(self, f"core_{k}", nn.Parameter(core))
         self.prunable = tuple(f"core_{k}" for k in range(len(cores)))
         self.init_masks()
-        self._cache_key = None
-        self._cache = None
 
     def _init_bias(self, bias: bool, out_features: int, fan_in: int, device, dtype) -> None:
         """The dense layer's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); none on meta."""
@@ -110,36 +109,11 @@ class _TTCores(DenseWeightView, MaskedMixin, nn.Module):
     def _channel_names(self) -> list[str]:
         return list(self.prunable[self._first_channel_core :])
 
-    def _cache_allowed(self) -> bool:
-        # a cached product must not hold an autograd graph: only in eval mode without grad
-        return not self.training and not torch.is_grad_enabled()
-
-    def _tensors_key(self, names) -> tuple:
-        key = []
-        for name in names:
-            for t in (getattr(self, name), getattr(self, f"{name}_mask")):
-                key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
-        return tuple(key)
-
-    def _cached(self, tag, names, build):
-        """``build()``, cached in eval mode and keyed on every factor's and mask's version."""
-        if not self._cache_allowed():
-            return build()
-        key = (tag, self._tensors_key(names))
-        if self._cache_key != key:
-            self._cache, self._cache_key = build(), key
-        return self._cache
-
     def _supercores(self, groups: Groups) -> list[torch.Tensor]:
         names = self._channel_names()
-        return self._cached(
-            ("groups", groups), names, lambda: group_cores([self.masked(n) for n in names], groups)
+        return self.cached(
+            "supercores", groups, names, lambda: group_cores([self.masked(n) for n in names], groups)
         )
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"], state["_cache_key"] = None, None  # never pickle/copy a derived tensor
-        return state
 
 
 class TTLinear(_TTCores):

@@ -9,12 +9,14 @@ recurrence itself is the standard LSTM (gate order i, f, g, o as in ``nn.LSTM``)
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tt import tt_scratch_cores
+from tedepr_fx.layers.cache import EvalCache
 from tedepr_fx.layers.contraction import choose_plan, group_cores, tt_chain_apply
 from tedepr_fx.layers.masked import MaskedMixin
 from tedepr_fx.layers.modes import auto_modes
@@ -23,7 +25,7 @@ from tedepr_fx.layers.tt import _check_init, _check_rank, decompose_tt_matrix, r
 from tedepr_fx.ranks import RankSpec
 
 
-class TTLSTM(MaskedMixin, nn.Module):
+class TTLSTM(EvalCache, MaskedMixin, nn.Module):
     """Drop-in ``nn.LSTM`` (unidirectional, no projection) with TT input-to-hidden maps.
 
     Parameters
@@ -133,14 +135,23 @@ class TTLSTM(MaskedMixin, nn.Module):
     def _map_cores(self, prefix: str) -> list[str]:
         return [n for n in self.prunable if n.startswith(prefix + "_core_")]
 
-    def _apply_tt(self, index: int, prefix: str, rows: torch.Tensor) -> torch.Tensor:
+    def _tt_map(self, index: int, prefix: str, n_rows: int):
+        """``rows -> rows @ W`` for one TT map, its super-cores merged once for ``n_rows`` rows.
+
+        The merge is reused by every call (the recurrence calls the hidden-to-hidden
+        map once per time step) and, in eval mode without autograd, across forwards.
+        """
         spec = self.maps[index]
-        if spec["in_pad"]:
-            rows = F.pad(rows, (0, spec["in_pad"]))
-        (direction, groups), _ = choose_plan(rows.shape[0], spec["in_modes"], spec["out_modes"], spec["ranks"])
-        cores = group_cores([self.masked(n) for n in self._map_cores(prefix)], groups)
-        out = tt_chain_apply(rows, cores, direction)
-        return out[:, : 4 * self.hidden_size] if spec["out_pad"] else out
+        (direction, groups), _ = choose_plan(n_rows, spec["in_modes"], spec["out_modes"], spec["ranks"])
+        names = self._map_cores(prefix)
+        cores = self.cached(prefix, groups, names, lambda: group_cores([self.masked(n) for n in names], groups))
+
+        def apply(rows: torch.Tensor) -> torch.Tensor:
+            if spec["in_pad"]:
+                rows = F.pad(rows, (0, spec["in_pad"]))
+            out = tt_chain_apply(rows, cores, direction)
+            return out[:, : 4 * self.hidden_size] if spec["out_pad"] else out
+        return apply
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         """FLOPs of one forward over ``(T, B, input)`` (or batch-first / unbatched) input."""
@@ -179,18 +190,18 @@ class TTLSTM(MaskedMixin, nn.Module):
         seq = x
         for layer in range(self.num_layers):
             # the TT input map for every time step at once, then the recurrence
-            gates_x = self._apply_tt(layer, f"ih_l{layer}", seq.reshape(steps * batch, -1))
+            gates_x = self._tt_map(layer, f"ih_l{layer}", steps * batch)(seq.reshape(steps * batch, -1))
             if self.bias:
                 gates_x = gates_x + getattr(self, f"bias_l{layer}")
             gates_x = gates_x.reshape(steps, batch, -1)
-            w_hh = None if self.hidden_to_hidden else self.masked(f"weight_hh_l{layer}")
+            if self.hidden_to_hidden:
+                recurrent = self._tt_map(self.num_layers + layer, f"hh_l{layer}", batch)
+            else:
+                recurrent = partial(F.linear, weight=self.masked(f"weight_hh_l{layer}"))
             h, c = hx[0][layer], hx[1][layer]
             outs = []
             for t in range(steps):
-                if w_hh is None:
-                    rec = self._apply_tt(self.num_layers + layer, f"hh_l{layer}", h)
-                else:
-                    rec = h @ w_hh.t()
+                rec = recurrent(h)
                 i, f, g, o = (gates_x[t] + rec).chunk(4, dim=-1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
@@ -233,15 +244,20 @@ class TTLSTM(MaskedMixin, nn.Module):
 
     @staticmethod
     def plan_maps(input_size, hidden_size, num_layers, rank, modes="auto", hidden_to_hidden=False) -> list[dict]:
-        """Resolve modes and ranks of every TT map. Explicit ``modes`` apply to ``ih_l0``; the rest are auto."""
+        """Resolve modes and ranks of every TT map.
+
+        Explicit ``modes`` (``(in_modes, out_modes)``) must fit ``ih_l0`` and apply to
+        every other map of the same sizes too (``ih_l1..``, ``hh_l*`` when
+        ``input_size == hidden_size``); the maps they do not fit get auto modes.
+        """
         rank = _check_rank(rank)
         gate = 4 * hidden_size
         sizes = [(input_size if k == 0 else hidden_size, gate) for k in range(num_layers)]
         if hidden_to_hidden:
             sizes += [(hidden_size, gate)] * num_layers
         maps = []
-        for index, (in_f, out_f) in enumerate(sizes):
-            if index == 0:
+        for in_f, out_f in sizes:
+            if (in_f, out_f) == sizes[0]:
                 in_modes, out_modes, in_pad, out_pad = resolve_modes(modes, in_f, out_f)
             else:
                 in_modes, out_modes, in_pad, out_pad = auto_modes(in_f, out_f)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tucker import partial_tucker2, tucker2_scratch
+from tedepr_fx.layers.cache import EvalCache
 from tedepr_fx.layers.masked import DenseWeightView, MaskedMixin, conv2d_output_hw
 from tedepr_fx.ranks import RankSpec, check_rank_spec
 
@@ -139,7 +140,7 @@ def _choose(costs: dict[str, int]) -> tuple[str, int]:
     return plan, costs[plan]
 
 
-class _Tucker2Base(DenseWeightView, MaskedMixin, nn.Module):
+class _Tucker2Base(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
     """Shared state of the Tucker-2 layers: factors, masks, plan choice and eval-mode cache."""
 
     prunable = FACTORS
@@ -155,7 +156,6 @@ class _Tucker2Base(DenseWeightView, MaskedMixin, nn.Module):
         self.factor_in = nn.Parameter(factor_in)
         self.bias = None if bias is None else nn.Parameter(bias)
         self.init_masks()
-        self._cache: tuple | None = None
         self.tedepr_info = {"format": "tucker", "ranks": list(ranks), "dims": list(dims)}
 
     @property
@@ -177,17 +177,7 @@ class _Tucker2Base(DenseWeightView, MaskedMixin, nn.Module):
 
     def _cached_merged(self, plan: str) -> torch.Tensor:
         """``_merged(plan)``, reused in eval mode without autograd until a factor or mask changes."""
-        if self.training or torch.is_grad_enabled():
-            return self._merged(plan)
-        tensors = [getattr(self, n) for n in FACTORS] + [self.get_mask(n) for n in FACTORS]
-        key = (plan, *((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._merged(plan).detach())
-        return self._cache[1]
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        return {**state, "_cache": None}  # the cache is keyed on ids: never carry it over
+        return self.cached("merged", plan, FACTORS, lambda: self._merged(plan))
 
     def to_dense(self) -> torch.Tensor:
         with torch.no_grad():
