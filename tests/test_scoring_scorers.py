@@ -14,7 +14,6 @@ from torch import nn
 
 from tedepr_fx.layers.masked import MaskedLinear, MaskedMixin
 from tedepr_fx.scoring import collect_targets, get_scorer
-from tedepr_fx.scoring.trainability import step_groups
 
 
 class TwoFactor(MaskedMixin, nn.Module):
@@ -102,32 +101,15 @@ def test_trainability_on_factor_tensors(checkpoint):
     torch.testing.assert_close(scores["0.B"], gb.abs())
 
 
-@pytest.mark.parametrize("checkpoint", [True, False])
-def test_trainability_splits_the_batches_into_k_plus_one_groups(checkpoint):
-    """5 batches, K=1: step 0 reads the mean loss of batches 0-2, the final loss batches 3-4."""
-    model, batches = mlp(nn.ReLU()), data(5)
-    scores = get_scorer("trainability", steps=1, inner_lr=0.5, checkpoint=checkpoint).score(
-        model, collect_targets(model), batches)
-
-    def mean_loss(params, masks, group):
-        w1, b1, w2, b2 = params
-        return sum(F.cross_entropy(ref_forward(w1 * masks[0], b1, w2 * masks[1], b2, x, torch.relu), y)
-                   for x, y in group) / len(group)
-
-    masks = [torch.ones(6, 4, requires_grad=True), torch.ones(3, 6, requires_grad=True)]
-    params = leaves(model)
-    gs = torch.autograd.grad(mean_loss(params, masks, batches[:3]), params, create_graph=True)
-    params = [p - 0.5 * g for p, g in zip(params, gs)]
-    g1, g2 = torch.autograd.grad(mean_loss(params, masks, batches[3:]), masks)
-    torch.testing.assert_close(scores["0.weight"], g1.abs())
-    torch.testing.assert_close(scores["2.weight"], g2.abs())
-
-
-def test_step_groups_read_every_batch_once_or_cycle():
-    assert step_groups(10, 3) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
-    assert step_groups(4, 3) == [[0], [1], [2], [3]]
-    assert step_groups(2, 3) == [[0], [1], [0], [1]]
-    assert step_groups(1, 2) == [[0], [0], [0]]
+def test_trainability_reads_one_batch_per_step_then_one_for_the_final_loss():
+    model, batches = mlp(nn.Tanh()), data(6)
+    scorer = get_scorer("trainability", steps=2, inner_lr=0.5)
+    first_three = scorer.score(model, collect_targets(model), batches[:3])
+    all_six = scorer.score(model, collect_targets(model), batches)
+    reordered = scorer.score(model, collect_targets(model), [batches[1], batches[0], batches[2]])
+    for key in all_six:
+        torch.testing.assert_close(all_six[key], first_three[key])
+    assert not torch.allclose(reordered["0.weight"], all_six["0.weight"])
 
 
 @pytest.mark.parametrize("checkpoint", [True, False])

@@ -33,11 +33,10 @@ class TrainabilityScorer(Scorer):
     .. math:: w_{k+1} = w_k - \eta \, \nabla_w L_k(w_k \odot m), \quad k = 0..K-1
 
     then score :math:`|\partial L_K(w_K \odot m) / \partial m|`, differentiating
-    through the K steps. :math:`L_k` is the mean loss over the k-th of K + 1
-    groups of the scoring batches: with ``n`` batches, ``n >= K + 1`` are split
-    into K + 1 consecutive groups as evenly as possible (every batch is read
-    once); fewer are used cyclically, one per step (step k reads batch
-    ``k mod n``).
+    through the K steps. :math:`L_k` is the loss on one batch: the batches are used
+    in order and cyclically, step k reads batch ``k mod n`` and the final loss batch
+    ``K mod n``, so K + 1 batches are read (each inner step is a plain SGD step on
+    one mini-batch, whose size the rules' ``scoring.batch_size`` sets).
 
     Three ways to compute it:
 
@@ -75,8 +74,7 @@ class TrainabilityScorer(Scorer):
 
     def _score(self, run: _Run) -> Tensors:
         run.model.train()
-        groups = step_groups(len(run.batches), self.steps)
-        batches = [[run.batches[i] for i in g] for g in groups]
+        batches = [run.batches[k % len(run.batches)] for k in range(self.steps + 1)]
         with self._progress(self.steps + 1 + (self.steps if self._checkpointed else 0), self.name) as bar:
             if self._checkpointed:
                 return self._reverse_sweep(run, batches, bar)
@@ -87,27 +85,27 @@ class TrainabilityScorer(Scorer):
         return self.checkpoint and not self.first_order
 
     # -- all steps in one graph ---------------------------------------------------
-    def _unrolled(self, run: _Run, batches: list[list[Batch]], bar: Any) -> Tensors:
+    def _unrolled(self, run: _Run, batches: list[Batch], bar: Any) -> Tensors:
         masks = run.ones(requires_grad=True)
         params = {n: p.detach().clone().requires_grad_(True)
                   for n, p in run.model.named_parameters() if p.requires_grad}
         names = list(params)
         for k in range(self.steps):
-            loss = _mean_loss(run, batches[k], masks, params)
+            loss = run.loss(batches[k], masks, params)
             grads = torch.autograd.grad(
                 loss, [params[n] for n in names], create_graph=not self.first_order, allow_unused=True,
             )
             params = {n: params[n] if g is None else params[n] - self.inner_lr * g
                       for n, g in zip(names, grads)}
             bar.update(1)
-        final = _mean_loss(run, batches[self.steps], masks, params)
+        final = run.loss(batches[self.steps], masks, params)
         keys = list(masks)
         grads = torch.autograd.grad(final, [masks[k] for k in keys], allow_unused=True)
         bar.update(1)
         return {k: (torch.zeros_like(masks[k]) if g is None else g.abs()) for k, g in zip(keys, grads)}
 
     # -- forward sweep storing weights, reverse sweep recomputing each step ---------
-    def _reverse_sweep(self, run: _Run, batches: list[list[Batch]], bar: Any) -> Tensors:
+    def _reverse_sweep(self, run: _Run, batches: list[Batch], bar: Any) -> Tensors:
         masks = run.ones(requires_grad=False)
         trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
         # the variables: every trainable parameter and every target tensor (frozen or not)
@@ -139,69 +137,35 @@ class TrainabilityScorer(Scorer):
         return {key: m.abs() for key, m in meta.items()}
 
 
-def step_groups(n_batches: int, steps: int) -> list[list[int]]:
-    """Which batches each of the K inner steps and the final loss read.
-
-    ``n_batches >= steps + 1``: ``steps + 1`` consecutive groups, sizes differing by
-    at most one (the first groups take the extra batches), so that every batch is
-    read once. Fewer batches: one per group, used cyclically.
-    """
-    parts = steps + 1
-    if n_batches < parts:
-        return [[k % n_batches] for k in range(parts)]
-    size, extra = divmod(n_batches, parts)
-    groups, start = [], 0
-    for k in range(parts):
-        stop = start + size + (1 if k < extra else 0)
-        groups.append(list(range(start, stop)))
-        start = stop
-    return groups
-
-
-def _mean_loss(run: _Run, batches: Sequence[Batch], masks: Tensors, params: Tensors) -> Tensor:
-    total = run.loss(batches[0], masks, params)
-    for batch in batches[1:]:
-        total = total + run.loss(batch, masks, params)
-    return total / len(batches)
-
-
 def _leaves(weights: Tensors) -> Tensors:
     return {n: w.detach().requires_grad_(True) for n, w in weights.items()}
 
 
-def _gradients(run: _Run, batches: Sequence[Batch], masks: Tensors, weights: Tensors) -> Tensors:
-    """Gradient of the group's mean loss, accumulated batch by batch (memory of one)."""
-    total = {n: torch.zeros_like(w) for n, w in weights.items()}
-    for batch in batches:
-        leaves = _leaves(weights)
-        loss = run.loss(batch, masks, leaves) / len(batches)
-        for (n, _), g in zip(leaves.items(), torch.autograd.grad(loss, list(leaves.values()),
-                                                                   allow_unused=True)):
-            if g is not None:
-                total[n] += g
-    return total
+def _gradients(run: _Run, batch: Batch, masks: Tensors, weights: Tensors) -> Tensors:
+    """Gradient of the loss on ``batch`` with respect to every weight (zeros where unused)."""
+    leaves = _leaves(weights)
+    grads = torch.autograd.grad(run.loss(batch, masks, leaves), list(leaves.values()), allow_unused=True)
+    return {n: torch.zeros_like(w) if g is None else g for (n, w), g in zip(leaves.items(), grads)}
 
 
-def _gradients_and_hvp(run: _Run, batches: Sequence[Batch], masks: Tensors, weights: Tensors,
+def _gradients_and_hvp(run: _Run, batch: Batch, masks: Tensors, weights: Tensors,
                        vector: Tensors) -> tuple[Tensors, Tensors]:
-    """Gradient and Hessian-vector product of the group's mean loss (double backward)."""
+    """Gradient and Hessian-vector product of the loss on ``batch`` (double backward)."""
+    leaves = _leaves(weights)
+    names = list(leaves)
+    loss = run.loss(batch, masks, leaves)
+    gs = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True, allow_unused=True)
+    used = [(n, g) for n, g in zip(names, gs) if g is not None]
     grads = {n: torch.zeros_like(w) for n, w in weights.items()}
     hvp = {n: torch.zeros_like(w) for n, w in weights.items()}
-    for batch in batches:
-        leaves = _leaves(weights)
-        names = list(leaves)
-        loss = run.loss(batch, masks, leaves) / len(batches)
-        gs = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True, allow_unused=True)
-        used = [(n, g) for n, g in zip(names, gs) if g is not None]
-        dot = sum((g * vector[n]).sum() for n, g in used)
-        if not isinstance(dot, Tensor) or not dot.requires_grad:  # the loss is linear in every weight
-            hs: Sequence[Tensor | None] = [None] * len(used)
-        else:
-            hs = torch.autograd.grad(dot, [leaves[n] for n, _ in used], allow_unused=True)
-        for (n, g), h in zip(used, hs):
-            grads[n] += g.detach()
-            if h is not None:
-                hvp[n] += h
+    dot = sum((g * vector[n]).sum() for n, g in used)
+    hs: Sequence[Tensor | None] = [None] * len(used)
+    if isinstance(dot, Tensor) and dot.requires_grad:  # else the loss is linear in every weight
+        hs = torch.autograd.grad(dot, [leaves[n] for n, _ in used], allow_unused=True)
+    for (n, g), h in zip(used, hs):
+        grads[n] = g.detach()
+        if h is not None:
+            hvp[n] = h
     return grads, hvp
 
 
