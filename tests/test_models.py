@@ -26,13 +26,7 @@ from tedepr_fx.models import (
 SMALL = sorted(name for name in FACTORIES if name != "vit_b16")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny kernels only lose time to thread hand-offs on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", SMALL)
