@@ -11,7 +11,6 @@ the steps of a reverse sweep instead of storing them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -107,9 +106,9 @@ class TrainabilityScorer(Scorer):
     # -- forward sweep storing weights, reverse sweep recomputing each step ---------
     def _reverse_sweep(self, run: _Run, batches: list[Batch], bar: Any) -> Tensors:
         masks = run.ones(requires_grad=False)
-        trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+        weights = {n: p.detach() for n, p in run.model.named_parameters() if p.requires_grad}
+        trainable = set(weights)
         # the variables: every trainable parameter and every target tensor (frozen or not)
-        weights = {n: p.detach() for n, p in run.model.named_parameters() if n in trainable}
         for key, tensor in run.tensors().items():
             weights.setdefault(run.param_path[key], tensor)
         lr = self.inner_lr
@@ -145,28 +144,26 @@ def _gradients(run: _Run, batch: Batch, masks: Tensors, weights: Tensors) -> Ten
     """Gradient of the loss on ``batch`` with respect to every weight (zeros where unused)."""
     leaves = _leaves(weights)
     grads = torch.autograd.grad(run.loss(batch, masks, leaves), list(leaves.values()), allow_unused=True)
-    return {n: torch.zeros_like(w) if g is None else g for (n, w), g in zip(leaves.items(), grads)}
+    return _zero_filled(weights, dict(zip(leaves, grads)))
 
 
 def _gradients_and_hvp(run: _Run, batch: Batch, masks: Tensors, weights: Tensors,
                        vector: Tensors) -> tuple[Tensors, Tensors]:
     """Gradient and Hessian-vector product of the loss on ``batch`` (double backward)."""
     leaves = _leaves(weights)
-    names = list(leaves)
-    loss = run.loss(batch, masks, leaves)
-    gs = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True, allow_unused=True)
-    used = [(n, g) for n, g in zip(names, gs) if g is not None]
-    grads = {n: torch.zeros_like(w) for n, w in weights.items()}
-    hvp = {n: torch.zeros_like(w) for n, w in weights.items()}
-    dot = sum((g * vector[n]).sum() for n, g in used)
-    hs: Sequence[Tensor | None] = [None] * len(used)
+    gs = torch.autograd.grad(run.loss(batch, masks, leaves), list(leaves.values()), create_graph=True,
+                             allow_unused=True)
+    used = {n: g for n, g in zip(leaves, gs) if g is not None}
+    dot = sum((g * vector[n]).sum() for n, g in used.items())
+    hvp: dict[str, Tensor | None] = {}
     if isinstance(dot, Tensor) and dot.requires_grad:  # else the loss is linear in every weight
-        hs = torch.autograd.grad(dot, [leaves[n] for n, _ in used], allow_unused=True)
-    for (n, g), h in zip(used, hs):
-        grads[n] = g.detach()
-        if h is not None:
-            hvp[n] = h
-    return grads, hvp
+        hvp = dict(zip(used, torch.autograd.grad(dot, [leaves[n] for n in used], allow_unused=True)))
+    return (_zero_filled(weights, {n: g.detach() for n, g in used.items()}), _zero_filled(weights, hvp))
+
+
+def _zero_filled(weights: Tensors, found: dict[str, Tensor | None]) -> Tensors:
+    """``found`` for every weight, zeros where it has no entry or ``None`` (the weight is unused)."""
+    return {n: torch.zeros_like(w) if found.get(n) is None else found[n] for n, w in weights.items()}
 
 
 def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
