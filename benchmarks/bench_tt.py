@@ -44,7 +44,7 @@ def tt_linear_case(in_modes, out_modes, rank, batch, reps):
     ours = TTLinear.from_linear(dense, rank, modes=(in_modes, out_modes), init="scratch")
     x = torch.randn(batch, in_f, requires_grad=True)
     variants = {"dense nn.Linear": fwd_bwd(dense, lambda: x), "tedepr_fx TTLinear": fwd_bwd(ours, lambda: x)}
-    notes = {"tedepr_fx TTLinear": f"plan {ours.contraction_plan(batch)[0]}"}
+    notes = {"tedepr_fx TTLinear": f"order {ours.contraction_order(batch)[0]}"}
     try:
         import tltorch
 
@@ -74,8 +74,7 @@ def decomposition_peak() -> list[str]:
     """Largest tensor any op creates while TT-SVD decomposes a 4096 x 4096 weight at full rank."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from tedepr_fx.layers.ranks import resolve_tt_ranks
-    from tedepr_fx.layers.tt import decompose_tt_matrix
+    from tedepr_fx.formats.tt import decompose_tt_matrix, resolve_tt_ranks
 
     class Largest(TorchDispatchMode):
         largest = 0
@@ -135,7 +134,7 @@ def main() -> None:
                   f"(ratio {ours_flops / dense_flops:.2f}; the plan is the argmin over all plans)",
                   *(["- the cheapest plan here is the full rebuild and it needs more FLOPs than the dense "
                      "product: the same work as tltorch 'reconstructed', so order choice cannot win"]
-                    if ours_flops >= dense_flops and len(ours.contraction_plan(256)[0][1]) == 1 else []),
+                    if ours_flops >= dense_flops and len(ours.contraction_order(256)[0][1]) == 1 else []),
                   "- target: TTLinear <= 0.8 x faster tltorch: "
                   + (("met" if times["tedepr_fx TTLinear"] <= 0.8 * min(tl) else "MISSED") if tl else "n/a"), ""]
         print("\n".join(lines[-12:]), flush=True)

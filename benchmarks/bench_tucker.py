@@ -22,7 +22,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from tedepr_fx.decompose.tucker import partial_tucker2
-from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear, tucker_max_ranks
+from tedepr_fx.formats.tucker import tucker_max_ranks
+from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear
 
 
 def fwd_bwd(module: nn.Module, x: torch.Tensor):
@@ -50,7 +51,7 @@ def conv_case(reps: int) -> tuple[str, dict[str, float], dict[str, str]]:
         "dense nn.Conv2d, channels_last": fwd_bwd(dense_cl, x_cl),
         "tedepr_fx Tucker2Conv2d, channels_last": fwd_bwd(ours_cl, x_cl),
     }
-    plan = ours.choose_plan(tuple(x.shape))
+    plan = ours.choose_order(tuple(x.shape))
     flops = ours.flops(tuple(x.shape)) / (2 * 64 * 32 * 32 * dense.weight.numel())
     notes = {"tedepr_fx Tucker2Conv2d": f"plan {plan}, FLOP ratio {flops:.3f}",
              "tedepr_fx Tucker2Conv2d, channels_last": f"plan {plan}"}
@@ -68,7 +69,7 @@ def linear_case(reps: int) -> tuple[str, dict[str, float], dict[str, str]]:
         name = f"tedepr_fx TuckerLinear, ranks ({rank}, {rank})"
         variants[name] = fwd_bwd(ours, x)
         flops = ours.flops(tuple(x.shape)) / (2 * 256 * 768 * 3072)
-        notes[name] = f"plan {ours.choose_plan(tuple(x.shape))}, FLOP ratio {flops:.3f}"
+        notes[name] = f"plan {ours.choose_order(tuple(x.shape))}, FLOP ratio {flops:.3f}"
     return "TuckerLinear 768 -> 3072, batch 256", time_interleaved(variants, reps), notes
 
 

@@ -25,37 +25,38 @@ Example
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
-import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
 
+from tedepr_fx.budget import Allocation, predicted_kept
 from tedepr_fx.capture import Captured, capture, preserve
 from tedepr_fx.errors import DataError
+from tedepr_fx.layers.masked import Accounting
 from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
-from tedepr_fx.passes.match import Decision, match, site_module
-from tedepr_fx.passes.prune import prune
+from tedepr_fx.passes.match import Decision, match
+from tedepr_fx.passes.prune import groups_for, score_and_mask
 from tedepr_fx.passes.recompile import recompile
-from tedepr_fx.reporting import Plan, Report, Row, modes_text, ranks_text
-from tedepr_fx.rules import load_rules
+from tedepr_fx.record import RECORD_ATTR, LayerRecord, Rewrite, format_fields
+from tedepr_fx.reporting import Plan, Report
+from tedepr_fx.rules import Scoring, load_rules
 from tedepr_fx.utils import as_tuple, meta_copy
-
-RECORD_ATTR = "tedepr_record"  # on the transformed root: regions, untouched layers, input shapes
 
 
 def transform(
     model: nn.Module,
-    rules,
+    rules: Any,
     *,
-    example_inputs=None,
-    data=None,
-    loss_fn=None,
-    output_fn=None,
+    example_inputs: Any = None,
+    data: Any = None,
+    loss_fn: Any = None,
+    output_fn: Any = None,
     seed: int = 0,
-    inplace: bool = False,
     strict: bool = False,
     init: str | None = None,
     verbose: bool = True,
@@ -66,7 +67,7 @@ def transform(
     Parameters
     ----------
     model
-        Any ``nn.Module``. Left untouched (bit-identical state_dict) unless ``inplace=True``.
+        Any ``nn.Module``. Never modified: the rewrite happens on a deep copy.
     rules
         A path to a YAML rule file, YAML text, a dict, or a ``RuleSet``.
     example_inputs
@@ -75,7 +76,9 @@ def transform(
         Defaults to the inputs of the first batch of ``data``.
     data
         Iterable of ``(inputs, targets)`` batches for data-driven scorers; the rules'
-        ``scoring.batches`` batches are taken from it.
+        ``scoring.batches`` batches are taken from it. Under ``torch.distributed`` each
+        rank passes its own batches: scores are averaged over ranks before allocation,
+        so every rank's data counts and every rank ends with the same masks.
     loss_fn
         ``loss_fn(outputs, targets)``; cross-entropy by default.
     output_fn
@@ -83,8 +86,6 @@ def transform(
         for Hugging Face models); identity by default.
     seed
         Seeds factor initialisation and scoring: same seed, same inputs -> identical result.
-    inplace
-        Swap the layers of ``model`` itself instead of a deep copy (saves memory).
     strict
         Make a rule that matches no layer an error instead of a warning.
     init
@@ -103,8 +104,7 @@ def transform(
     batches = _take_batches(data, ruleset.scoring) if data is not None else []
     if example is None and batches:
         example = as_tuple(batches[0][0])
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = copy.deepcopy(model)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -116,35 +116,31 @@ def transform(
                 d.init = init
         factorize(decisions, auto_rank_multiple=auto_rank_multiple)
         result = captured.module
-        allocation = prune(
-            result, decisions, ruleset.scoring, batches=batches, loss_fn=loss_fn,
+        paths = _paths(result, decisions)
+        pairs = groups_for(result, decisions, lambda d: paths[d.name])
+        allocation = score_and_mask(
+            result, pairs, ruleset.scoring, batches=batches, loss_fn=loss_fn,
             output_fn=output_fn, example_inputs=example, seed=seed, verbose=verbose,
         )
         recompile(result)
-    if inplace and result is not model:
-        # the root traced into a new GraphModule: mirror its swapped layers into the given model
-        for name, child in result.named_children():
-            if name in model._modules:
-                setattr(model, name, child)
 
-    if allocation is not None:
-        qualnames = {id(m): n for n, m in result.named_modules()}
-        for d in decisions:
-            info = getattr(d.site.get(), "tedepr_info", None)
-            layer = allocation.per_layer.get(qualnames.get(id(d.site.get()), ""))
-            if info is not None and layer is not None:
-                info["allocation"] = _allocation_note(layer)
-    _attach_record(result, captured, decisions, dense_flops)
+    records = [
+        layer_record(d, captured, dense_flops[d.name], paths.get(d.name, ""),
+                     kept=_actual(result, paths.get(d.name), allocation))
+        for d in decisions
+    ]
+    preserve(result, RECORD_ATTR, Rewrite(records, [r.as_dict() for r in captured.regions]))
     return result
 
 
-def plan(model: nn.Module, rules, example_inputs=None, *, strict: bool = False,
+def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bool = False,
          auto_rank_multiple: float = DEFAULT_AUTO_RANK_MULTIPLE) -> Plan:
     """Dry run: what ``transform`` would do, touching no weights and allocating no factors.
 
     The model is copied onto the meta device (no weight is copied) and the rewrite is
-    carried out there; rows show dense, stored and budgeted counts and FLOPs for
-    ``example_inputs``.
+    carried out there by the same passes; rows show dense, stored and budgeted counts and
+    FLOPs for ``example_inputs``. Kept counts that scores decide (global / ERK allocation)
+    are labelled ``kept_source="predicted"``: the layer's own budget.
     """
     ruleset = load_rules(rules)
     example = as_tuple(example_inputs)
@@ -156,41 +152,103 @@ def plan(model: nn.Module, rules, example_inputs=None, *, strict: bool = False,
     decisions = match(captured, ruleset, strict=strict)
     dense_flops = _dense_flops(decisions, captured.input_shapes)
     factorize(decisions, auto_rank_multiple=auto_rank_multiple)
-    rows, unmatched = [], []
+    paths = _paths(captured.module, decisions)
+    groups = {d.name: g for d, g in groups_for(captured.module, decisions, lambda d: paths[d.name])}
+    records = []
     for d in decisions:
-        new = d.site.get() if d.action in ("factorize", "prune") else None
-        row = _row(d, new, captured.input_shapes.get(d.name), dense_flops[d.name], planned=True)
-        (unmatched if d.action == "unmatched" else rows).append(row)
-    return Plan(rows, unmatched, [r.as_dict() for r in captured.regions])
+        group = groups.get(d.name)
+        kept = None
+        if group is not None:
+            if group.budget >= group.stored:
+                kept = (group.stored, "budget", _WHOLE)
+            elif group.allocation == "uniform":
+                kept = (predicted_kept(group), "budget", "")
+            else:
+                kept = (predicted_kept(group), "predicted", f"kept predicted ({group.allocation} allocation)")
+        records.append(layer_record(d, captured, dense_flops[d.name], paths.get(d.name, ""), kept=kept))
+    return _table(Plan, records, captured.regions)
 
 
 def report(model: nn.Module) -> Report:
     """The table of a transformed model, read from the model itself (kept = real mask counts)."""
-    record = getattr(model, RECORD_ATTR, None)
-    if record is None:
-        raise ValueError("this model was not produced by tedepr_fx.transform (no tedepr_record)")
-    rows: dict[str, Row] = {}
-    for _, module in model.named_modules():
-        info = getattr(module, "tedepr_info", None)
-        if info is None or "name" not in info:
-            continue
-        shape = record["input_shapes"].get(info["name"])
-        shape = tuple(shape) if shape is not None else None
-        rows[info["name"]] = Row(
-            name=info["name"], rule=info["rule"], action=info["action"], how=info["how"],
-            old_type=info["old_type"], new_type=type(module).__name__,
-            modes=modes_text(info), ranks=ranks_text(info),
-            dense=int(module.dense_params), stored=int(module.stored_params()),
-            kept=int(module.kept_params()),
-            flops_before=info.get("dense_flops"), flops_after=_flops(module, shape),
-            note=info.get("allocation", ""),
-        )
-    for row in record["untouched"]:
-        rows[row["name"]] = Row(**row)
-    ordered = [rows[name] for name in record["order"] if name in rows]
-    matched = [r for r in ordered if r.action != "unmatched"]
-    unmatched = [r for r in ordered if r.action == "unmatched"]
-    return Report(matched, unmatched, record["regions"], title="tedepr_fx report")
+    rewrite = getattr(model, RECORD_ATTR, None)
+    if not isinstance(rewrite, Rewrite):
+        raise ValueError(f"this model was not produced by tedepr_fx.transform (no {RECORD_ATTR})")
+    records = []
+    for record in rewrite.records:
+        if record.path:
+            module = model.get_submodule(record.path)
+            shape = tuple(record.input_shape) if record.input_shape is not None else None
+            record = dataclasses.replace(
+                record, stored=int(_accounting(module).stored_params()),
+                kept=int(_accounting(module).kept_params()),
+                kept_source="actual", flops_after=_flops(module, shape))
+        records.append(record)
+    return _table(Report, records, rewrite.regions, title="tedepr_fx report")
+
+
+def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path: str,
+                 kept: tuple[int, str, str] | None) -> LayerRecord:
+    """The record of one decision after the rewrite; ``kept`` is (count, source, note) for a
+    masked layer."""
+    shape = captured.input_shapes.get(d.name)
+    record = LayerRecord(
+        name=d.name, rule=d.rule_name, action=d.action, how=d.site.how, old_type=d.old_type,
+        new_type=d.old_type, init=d.init if d.action == "factorize" else None, scorer=d.scorer,
+        dense_shape=list(d.dense_shape), dense=d.dense_params, stored=d.dense_params,
+        kept=d.dense_params, flops_before=dense_flops, flops_after=dense_flops,
+        input_shape=list(shape) if shape is not None else None,
+    )
+    if d.action not in ("factorize", "prune"):
+        return record
+    new = d.site.get()
+    record.new_type = type(new).__name__
+    record.path = path
+    record.format = d.format if d.action == "factorize" else "dense"
+    record.rank_spec, record.auto_rank = d.rank, d.auto_rank
+    if d.action == "factorize":
+        for key, value in format_fields(new).items():
+            setattr(record, key, value)
+    record.stored = record.kept = int(_accounting(new).stored_params())
+    record.kept_source = "budget"
+    record.flops_after = _flops(new, shape)
+    if kept is not None:
+        record.kept, record.kept_source, record.note = kept
+    return record
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+TableT = TypeVar("TableT", bound=Plan)
+
+
+def _table(cls: type[TableT], records: list[LayerRecord], regions: list[Any], **kwargs: Any) -> TableT:
+    rows = [r for r in records if r.action != "unmatched"]
+    unmatched = [r for r in records if r.action == "unmatched"]
+    regions = [r if isinstance(r, dict) else r.as_dict() for r in regions]
+    return cls(rows, unmatched, regions, **kwargs)
+
+
+def _paths(root: nn.Module, decisions: list[Decision]) -> dict[str, str]:
+    """Qualified name in ``root`` of every rewritten layer's new module."""
+    names = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+    return {d.name: names[id(d.site.get())] for d in decisions if d.action in ("factorize", "prune")}
+
+
+_WHOLE = "whole (stores less than its budget)"
+
+
+def _actual(result: nn.Module, path: str | None,
+            allocation: Allocation | None) -> tuple[int, str, str] | None:
+    """Kept count of a masked layer after allocation, with the allocation's notes."""
+    if path is None or allocation is None or path not in allocation.per_layer:
+        return None
+    layer = allocation.per_layer[path]
+    notes = [_WHOLE] if layer.whole else []
+    if layer.at_floor:
+        notes.append("at floor: " + ",".join(sorted(t.rsplit(".", 1)[-1] for t in layer.at_floor)))
+    return layer.kept, "actual", "; ".join(notes)
 
 
 def save(model: nn.Module, path: str | Path) -> None:
@@ -198,15 +256,13 @@ def save(model: nn.Module, path: str | Path) -> None:
     torch.save(model, path)
 
 
-def load(path: str | Path, map_location=None) -> nn.Module:
+def load(path: str | Path, map_location: Any = None) -> nn.Module:
     """Load a model saved by :func:`save`. Like any pickle, only load files you trust."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+    model: nn.Module = torch.load(path, map_location=map_location, weights_only=False)
+    return model
 
 
-# --- helpers -------------------------------------------------------------------------------------
-
-
-def _take_batches(data, scoring) -> list[tuple[Any, Any]]:
+def _take_batches(data: Iterable[Any], scoring: Scoring) -> list[tuple[Any, Any]]:
     batches = []
     for i, batch in enumerate(itertools.islice(iter(data), scoring.batches)):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
@@ -221,7 +277,7 @@ def _take_batches(data, scoring) -> list[tuple[Any, Any]]:
     return batches
 
 
-def _head(value, n: int):
+def _head(value: Any, n: int) -> Any:
     if isinstance(value, torch.Tensor):
         return value[:n]
     if isinstance(value, (tuple, list)):
@@ -231,66 +287,22 @@ def _head(value, n: int):
     return value
 
 
-def _flops(module: nn.Module, shape) -> int | None:
+def _flops(module: nn.Module, shape: Sequence[int] | None) -> int | None:
     if shape is None or not hasattr(module, "flops"):
         return None
-    return int(module.flops(tuple(shape)))
+    return int(_accounting(module).flops(tuple(shape)))
 
 
-def _dense_flops(decisions: list[Decision], shapes) -> dict[str, int | None]:
+def _accounting(module: nn.Module) -> Accounting:
+    """A layer tedepr_fx built, seen through the counts every such layer reports."""
+    return cast(Accounting, module)
+
+
+def _dense_flops(decisions: list[Decision], shapes: dict[str, tuple[int, ...]]) -> dict[str, int | None]:
     """FLOPs of each layer as it is before the rewrite, for its recorded input shape."""
     return {
-        d.name: d.site.kind.dense_flops(site_module(d.site), shapes[d.name]) if d.name in shapes else None
+        d.name: d.site.kind.dense_flops(d.site.get(), shapes[d.name]) if d.name in shapes else None
         for d in decisions
     }
 
 
-def _row(d: Decision, new: nn.Module | None, shape, dense_flops: int | None, *, planned: bool) -> Row:
-    row = Row(name=d.name, rule=d.rule_name, action=d.action, how=d.site.how, old_type=d.old_type,
-              new_type=d.old_type, dense=d.dense_params, stored=d.dense_params, kept=d.dense_params,
-              flops_before=dense_flops, flops_after=dense_flops)
-    if new is None:
-        return row
-    info = getattr(new, "tedepr_info", {})
-    info["dense_flops"] = dense_flops
-    row.new_type = type(new).__name__
-    row.modes, row.ranks = modes_text(info), ranks_text(info)
-    row.stored = int(new.stored_params())
-    row.flops_after = _flops(new, shape)
-    row.kept = row.stored
-    if planned and d.budget is not None:
-        counted = d.dense_params if d.budget.of == "dense" else row.stored
-        floors = sum(max(1, math.ceil(d.budget.min_density * getattr(new, n).numel()))
-                     for n in new.prunable)
-        row.kept = min(row.stored, max(floors, round(d.budget.target_density * counted)))
-        row.note = "whole (stores less than its budget)" if row.kept == row.stored else (
-            f"budget {d.budget.allocation}" if d.budget.allocation != "uniform" else "")
-    return row
-
-
-def _allocation_note(layer) -> str:
-    notes = []
-    if getattr(layer, "whole", False):
-        notes.append("whole (stores less than its budget)")
-    at_floor = getattr(layer, "at_floor", None)
-    if at_floor:
-        notes.append("at floor: " + ",".join(sorted(t.rsplit(".", 1)[-1] for t in at_floor)))
-    return "; ".join(notes)
-
-
-def _attach_record(result: nn.Module, captured: Captured, decisions: list[Decision],
-                   dense_flops: dict[str, int | None]) -> None:
-    shapes = captured.input_shapes
-    untouched = []
-    for d in decisions:
-        if d.action in ("keep", "unmatched"):
-            untouched.append(vars(_row(d, None, shapes.get(d.name), dense_flops[d.name], planned=False)))
-        else:
-            d.site.get().tedepr_info["dense_flops"] = dense_flops[d.name]
-    record = {
-        "regions": [r.as_dict() for r in captured.regions],
-        "untouched": untouched,
-        "order": [d.name for d in decisions],
-        "input_shapes": {k: list(v) for k, v in shapes.items()},
-    }
-    preserve(result, RECORD_ATTR, record)

@@ -25,13 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tedepr_fx.errors import BudgetError, DataError
-from tedepr_fx.scoring.base import Scorer, Target, check_density, collect_targets
+from tedepr_fx.scoring.base import Target, check_density, collect_targets
 
 ALLOCATIONS = ("global", "uniform", "erk")
 
@@ -93,7 +92,7 @@ def floor_count(numel: int, min_density: float) -> int:
     return min(numel, max(1, math.ceil(min_density * numel)))
 
 
-def allocate(scores: dict[str, Tensor], groups: list[Group], *, seed: int = 0) -> Allocation:
+def allocate(scores: dict[str, Tensor], groups: list[Group]) -> Allocation:
     """Turn scores into boolean masks that keep exactly each budget.
 
     Parameters
@@ -102,9 +101,7 @@ def allocate(scores: dict[str, Tensor], groups: list[Group], *, seed: int = 0) -
         One score tensor per target key (shape of the tensor), higher = keep.
     groups : list of Group
         One per layer; layers with the same ``budget_id`` are allocated together.
-    seed : int
-        Accepted for interface stability; allocation uses no randomness (ties are
-        broken by position), so it does not change the result.
+        Allocation uses no randomness: ties are broken by position.
 
     Returns
     -------
@@ -309,26 +306,42 @@ def apply_masks(model_or_targets: nn.Module | Sequence[Target], masks: dict[str,
         t.module.set_mask(t.tensor_name, mask)  # type: ignore[operator]
 
 
-def prune(model: nn.Module, groups: list[Group], scorer: Scorer | str, batches: Sequence[Any],
-          loss_fn: Any = None, *, example_inputs: Any = None, output_fn: Any = None,
-          seed: int = 0, context: str | None = None, verbose: bool = False) -> Allocation:
-    """Score the groups' targets, allocate the budget and write the masks into ``model``.
+def pooled_density(groups: Sequence[Group]) -> float:
+    """The density iterative scorers aim at: ``sum(budgets) / sum(stored)`` over ``groups``.
 
-    ``scorer`` is a :class:`Scorer` or a registry name; iterative scorers get the
-    pooled density ``sum(budgets) / sum(stored)`` of the groups.
+    Budgets are in entries (:attr:`Group.budget`), so a budget counted ``of: dense``
+    above what a small factorization stores gives a density above 1, clamped to 1.
     """
-    from tedepr_fx.scoring import get_scorer
-
-    targets = [t for g in groups for t in g.targets]
     stored = sum(g.stored for g in groups)
-    density = min(1.0, max(sum(g.budget for g in groups), 1) / stored) if stored else 1.0
-    if isinstance(scorer, str):
-        scorer = get_scorer(scorer, seed=seed, verbose=verbose)
-    scores = scorer.score(model, targets, batches, loss_fn, example_inputs=example_inputs,
-                          output_fn=output_fn, context=context, density=density)
-    allocation = allocate(scores, groups, seed=seed)
-    apply_masks(model, allocation.masks)
-    return allocation
+    return min(1.0, sum(g.budget for g in groups) / stored) if stored else 1.0
+
+
+def predicted_kept(group: Group) -> int:
+    """Entries ``group`` keeps on its own budget: the exact count under ``uniform``
+    allocation, a prediction under ``global`` / ``erk`` (where scores move budget
+    between layers). Floors and the stored count bound it as :func:`allocate` does."""
+    floors = sum(floor_count(t.tensor().numel(), group.min_density) for t in group.targets)
+    return min(group.stored, max(floors, group.budget))
+
+
+def all_reduce_scores(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The mean of every rank's scores under ``torch.distributed`` (identity without it).
+
+    Each rank scores on its own data; averaging before allocation lets every rank's
+    data count and gives every rank the same masks. Keys are reduced in sorted order
+    so that all ranks issue the same collectives.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return scores
+    world = dist.get_world_size()
+    reduced = {}
+    for key in sorted(scores):
+        buf = scores[key].detach().to(torch.float64).clone()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        reduced[key] = (buf / world).to(scores[key].dtype)
+    return reduced
 
 
 def broadcast_masks(model: nn.Module, src: int = 0) -> None:

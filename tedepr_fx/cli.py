@@ -19,6 +19,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported inside the run functions, never at module level
+    import torch
+    from torch import nn
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -85,7 +90,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="a rule that matches no layer is an error")
 
 
-def _load_model(spec: str):
+def _load_model(spec: str) -> nn.Module:
     import importlib
 
     module_name, sep, factory = spec.partition(":")
@@ -95,10 +100,11 @@ def _load_model(spec: str):
         target = getattr(importlib.import_module(module_name), factory)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"cannot load {spec!r}: {error}") from error
-    return target()
+    model: nn.Module = target()  # not checked at run time: whatever the factory returns
+    return model
 
 
-def _example(shape: str | None):
+def _example(shape: str | None) -> tuple[torch.Tensor] | None:
     if shape is None:
         return None
     import torch
@@ -222,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits 2 on bad arguments, 0 on --help
         return int(exit_.code or 0)
+    run: Callable[[argparse.Namespace], int] = args._run  # set by build_parser
     try:
-        return args._run(args)
+        return run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

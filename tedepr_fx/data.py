@@ -33,7 +33,7 @@ FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("auto", "digits", "fashion-mnist", "mnist", "cifar10")
 
 # IDX type code -> big-endian numpy dtype (LeCun's IDX format description)
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[np.number]] = {
     0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
@@ -310,7 +310,8 @@ def load_dataset(name: str = "auto", root: str | Path | None = None, *,
 
 
 def make_loaders(dataset: Dataset, batch_size: int = 128, seed: int = 0
-                 ) -> tuple[DataLoader, DataLoader]:
+                 ) -> tuple[DataLoader[tuple[torch.Tensor, ...]],
+                            DataLoader[tuple[torch.Tensor, ...]]]:
     """Train and test loaders; the train loader reshuffles each epoch from a generator seeded by ``seed``.
 
     Two calls with the same ``seed`` yield the same batches in the same order.
@@ -337,4 +338,5 @@ def scoring_batches(dataset: Dataset, n_batches: int = 10, batch_size: int = 128
     needed = n_batches * batch_size
     order = torch.cat([torch.randperm(len(x), generator=generator)
                        for _ in range(-(-needed // len(x)))])[:needed]
-    return [(x[idx], y[idx]) for idx in order.split(batch_size)]
+    # torch's Tensor.split is unannotated in torch/_tensor.py
+    return [(x[idx], y[idx]) for idx in order.split(batch_size)]  # type: ignore[no-untyped-call]

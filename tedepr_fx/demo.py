@@ -16,10 +16,11 @@ import torch
 from tedepr_fx.api import plan, report, transform
 from tedepr_fx.data import load_dataset, make_loaders, scoring_batches
 from tedepr_fx.models import LeNet300100
+from tedepr_fx.policies import path as policy_path
 from tedepr_fx.rules import load_rules
 from tedepr_fx.train import evaluate, train
 
-RULES = Path(__file__).resolve().parent.parent / "rules" / "lenet.yaml"
+RULES = policy_path("lenet")  # package data: found in a clone and in an installed wheel alike
 
 
 def snip_rules(sparsity: float) -> dict:

@@ -8,23 +8,26 @@ Each kind knows
 * which modules it claims (``claims``) and the type names rules can select it by;
 * the shape of its dense weight (``dense_shape``), so budgets are counted
   against the original weights;
-* how to build its factorized form for each supported format and its masked
-  form for ``action: prune`` (``builders``);
+* its masked form for ``action: prune`` (``masked``);
 * the FLOPs of the dense layer for an input shape (``dense_flops``).
+
+Its factorized form comes from the format (:mod:`tedepr_fx.formats`): the kind asks
+the format for its layer (:meth:`LayerKind.build`), and the formats that support a
+kind are those whose builders name it (:attr:`LayerKind.formats`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from tedepr_fx.formats.base import formats_for, get_format
+from tedepr_fx.layers.hf import is_hf_conv1d
 from tedepr_fx.layers.masked import MaskedMixin, conv2d_output_hw, linear_flops
-
-# builder(module, rank, modes, init) -> new module; for "prune" rank/modes are None
-Builder = Callable[..., nn.Module]
+from tedepr_fx.ranks import RankSpec
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,25 @@ class LayerKind:
     claims: Callable[[nn.Module], bool]
     dense_shape: Callable[[nn.Module], tuple[int, ...]]
     dense_flops: Callable[[nn.Module, tuple[int, ...]], int]
-    builders: dict[str, Builder] = field(default_factory=dict)  # "tt" | "tucker" | "prune"
+    masked: Callable[[nn.Module], nn.Module] | None = None  # the dense masked layer of action: prune
     # names a rule's `type:` can use besides the class names of the module's MRO
     aliases: tuple[str, ...] = ()
 
     @property
     def formats(self) -> tuple[str, ...]:
-        return tuple(f for f in self.builders if f != "prune")
+        """The registered formats that can replace this kind of layer."""
+        return formats_for(self.name)
+
+    def build(self, format_name: str, module: nn.Module, rank: RankSpec, modes: object = "auto",
+              init: str = "scratch") -> nn.Module:
+        """The factorized layer of format ``format_name`` replacing ``module`` (see :meth:`Format.build`)."""
+        return get_format(format_name).build(self.name, module, rank, modes, init)
+
+    def build_masked(self, module: nn.Module) -> nn.Module:
+        """The masked dense layer of ``action: prune``."""
+        if self.masked is None:
+            raise ValueError(f"{self.name} layers cannot be pruned")
+        return self.masked(module)
 
     def dense_params(self, module: nn.Module) -> int:
         n = 1
@@ -86,24 +101,28 @@ def type_names(module: nn.Module, kind: LayerKind | None = None) -> frozenset[st
     return frozenset(names)
 
 
+def _weight_shape(module: nn.Module) -> tuple[int, ...]:
+    """Shape of a layer's ``weight`` parameter."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
+    return tuple(weight.shape)
+
+
+def _linear_flops(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """FLOPs of ``nn.Linear`` (weight ``(out, in)``) or HF ``Conv1D`` (weight ``(in, out)``)."""
+    rows, cols = _weight_shape(module)
+    in_f, out_f = (rows, cols) if is_hf_conv1d(module) else (cols, rows)
+    return linear_flops(shape, in_f, out_f)
+
+
 # --- nn.Linear -----------------------------------------------------------------------------------
 
 
-def _tt_linear(module, rank, modes, init):
-    from tedepr_fx.layers.tt import TTLinear
-
-    return TTLinear.from_linear(module, rank, modes=modes, init=init)
-
-
-def _tucker_linear(module, rank, modes, init):
-    from tedepr_fx.layers.tucker import TuckerLinear
-
-    return TuckerLinear.from_linear(module, rank, init=init)
-
-
-def _masked_linear(module, rank=None, modes=None, init=None):
+def _masked_linear(module: nn.Module) -> nn.Module:
     from tedepr_fx.layers.masked import MaskedLinear
 
+    assert isinstance(module, nn.Linear)
     return MaskedLinear.from_linear(module)
 
 
@@ -111,9 +130,9 @@ LINEAR = register(
     LayerKind(
         name="linear",
         claims=lambda m: isinstance(m, nn.Linear),
-        dense_shape=lambda m: tuple(m.weight.shape),
-        dense_flops=lambda m, shape: linear_flops(shape, m.in_features, m.out_features),
-        builders={"tt": _tt_linear, "tucker": _tucker_linear, "prune": _masked_linear},
+        dense_shape=_weight_shape,
+        dense_flops=_linear_flops,
+        masked=_masked_linear,
     )
 )
 
@@ -121,18 +140,7 @@ LINEAR = register(
 # --- Hugging Face Conv1D (a linear layer whose weight is stored transposed) ------------------------
 
 
-def _is_hf_conv1d(module: nn.Module) -> bool:
-    cls = type(module)
-    return (
-        cls.__name__ == "Conv1D"
-        and cls.__module__.startswith("transformers")
-        and hasattr(module, "nf")
-        and getattr(module, "weight", None) is not None
-        and module.weight.dim() == 2
-    )
-
-
-def _masked_conv1d(module, rank=None, modes=None, init=None):
+def _masked_conv1d(module: nn.Module) -> nn.Module:
     from tedepr_fx.layers.masked import MaskedTransposedLinear
 
     return MaskedTransposedLinear.from_hf_conv1d(module)
@@ -141,10 +149,10 @@ def _masked_conv1d(module, rank=None, modes=None, init=None):
 HF_CONV1D = register(
     LayerKind(
         name="hf_conv1d",
-        claims=_is_hf_conv1d,
-        dense_shape=lambda m: tuple(m.weight.shape),  # (in, out)
-        dense_flops=lambda m, shape: linear_flops(shape, *m.weight.shape),
-        builders={"tt": _tt_linear, "tucker": _tucker_linear, "prune": _masked_conv1d},
+        claims=is_hf_conv1d,
+        dense_shape=_weight_shape,  # (in, out)
+        dense_flops=_linear_flops,
+        masked=_masked_conv1d,
     )
 )
 
@@ -152,25 +160,15 @@ HF_CONV1D = register(
 # --- nn.Conv2d -----------------------------------------------------------------------------------
 
 
-def _tt_conv(module, rank, modes, init):
-    from tedepr_fx.layers.tt import TTConv2d
-
-    return TTConv2d.from_conv(module, rank, modes=modes, init=init)
-
-
-def _tucker_conv(module, rank, modes, init):
-    from tedepr_fx.layers.tucker import Tucker2Conv2d
-
-    return Tucker2Conv2d.from_conv(module, rank, init=init)
-
-
-def _masked_conv(module, rank=None, modes=None, init=None):
+def _masked_conv(module: nn.Module) -> nn.Module:
     from tedepr_fx.layers.masked import MaskedConv2d
 
+    assert isinstance(module, nn.Conv2d)
     return MaskedConv2d.from_conv(module)
 
 
-def _conv_flops(m: nn.Conv2d, shape: tuple[int, ...]) -> int:
+def _conv_flops(m: nn.Module, shape: tuple[int, ...]) -> int:
+    assert isinstance(m, nn.Conv2d)
     out_h, out_w = conv2d_output_hw(shape[-2:], m.kernel_size, m.stride, m.padding, m.dilation)
     batch = shape[0] if len(shape) == 4 else 1
     return 2 * batch * out_h * out_w * m.weight.numel()
@@ -180,9 +178,9 @@ CONV2D = register(
     LayerKind(
         name="conv2d",
         claims=lambda m: isinstance(m, nn.Conv2d),
-        dense_shape=lambda m: tuple(m.weight.shape),
+        dense_shape=_weight_shape,
         dense_flops=_conv_flops,
-        builders={"tt": _tt_conv, "tucker": _tucker_conv, "prune": _masked_conv},
+        masked=_masked_conv,
     )
 )
 
@@ -190,23 +188,18 @@ CONV2D = register(
 # --- nn.LSTM -------------------------------------------------------------------------------------
 
 
-def _tt_lstm(module, rank, modes, init):
-    from tedepr_fx.layers.tt_lstm import TTLSTM
-
-    return TTLSTM.from_lstm(module, rank, modes=modes, init=init)
-
-
-def _masked_lstm(module, rank=None, modes=None, init=None):
+def _masked_lstm(module: nn.Module) -> nn.Module:
     from tedepr_fx.layers.masked_lstm import MaskedLSTM
 
+    assert isinstance(module, nn.LSTM)
     return MaskedLSTM.from_lstm(module)
 
 
-def _lstm_weights(m: nn.LSTM) -> list[torch.Tensor]:
+def _lstm_weights(m: nn.Module) -> list[torch.Tensor]:
     return [p for name, p in m.named_parameters() if name.startswith("weight_")]
 
 
-def _lstm_flops(m: nn.LSTM, shape: tuple[int, ...]) -> int:
+def _lstm_flops(m: nn.Module, shape: tuple[int, ...]) -> int:
     # every weight matrix is applied once per time step and batch row
     steps = shape[0] * shape[1] if len(shape) == 3 else shape[0]
     return 2 * steps * sum(w.numel() for w in _lstm_weights(m))
@@ -219,6 +212,6 @@ LSTM = register(
         # all weight matrices flattened: the budget counts every one of them
         dense_shape=lambda m: (sum(w.numel() for w in _lstm_weights(m)),),
         dense_flops=_lstm_flops,
-        builders={"tt": _tt_lstm, "prune": _masked_lstm},
+        masked=_masked_lstm,
     )
 )

@@ -11,8 +11,9 @@ A rank spec is one of:
 * ``"auto"``: chosen from the sparsity budget (resolved by the factorize pass).
 
 ``bool`` is never a rank, and an int is never read as a float or vice versa.
-The numeric resolution of a spec into concrete ranks lives with the layers
-(:mod:`tedepr_fx.layers.ranks`), which call :func:`check_rank_spec` first.
+The numeric resolution of a spec into concrete ranks belongs to each format
+(:meth:`tedepr_fx.formats.base.Format.resolve_ranks`; ``"auto"``:
+:meth:`~tedepr_fx.formats.base.Format.auto_rank`), which calls :func:`check_rank_spec` first.
 """
 
 from __future__ import annotations

@@ -8,49 +8,17 @@ a pull request.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from tedepr_fx.record import LayerRecord
 
 COLUMNS = [
     ("name", "layer"), ("rule", "rule"), ("action", "action"), ("how", "how"),
-    ("old_type", "old type"), ("new_type", "new type"), ("modes", "modes"), ("ranks", "ranks"),
+    ("old_type", "old type"), ("new_type", "new type"), ("modes_text", "modes"), ("ranks_text", "ranks"),
     ("dense", "dense"), ("stored", "stored"), ("kept", "kept"),
     ("flops_before", "FLOPs before"), ("flops_after", "FLOPs after"), ("note", "note"),
 ]
-
-
-@dataclass
-class Row:
-    """One layer of the model and what happened (or would happen) to it."""
-
-    name: str
-    rule: str
-    action: str
-    how: str
-    old_type: str
-    new_type: str
-    modes: str = ""
-    ranks: str = ""
-    dense: int = 0
-    stored: int = 0
-    kept: int = 0
-    flops_before: int | None = None
-    flops_after: int | None = None
-    note: str = ""
-
-
-def modes_text(info: dict[str, Any]) -> str:
-    if "in_modes" in info and "out_modes" in info:
-        return f"{_ints(info['in_modes'])}->{_ints(info['out_modes'])}"
-    return ""
-
-
-def _ints(values) -> str:
-    return "[" + ",".join(str(int(v)) for v in values) + "]"
-
-
-def ranks_text(info: dict[str, Any]) -> str:
-    return _ints(info["ranks"]) if info.get("ranks") else ""
 
 
 @dataclass
@@ -61,8 +29,8 @@ class Plan:
     no rule matched, ``regions`` how each part of the model was captured.
     """
 
-    rows: list[Row]
-    unmatched: list[Row] = field(default_factory=list)
+    rows: list[LayerRecord]
+    unmatched: list[LayerRecord] = field(default_factory=list)
     regions: list[dict[str, str]] = field(default_factory=list)
     title: str = "tedepr_fx plan"
 
@@ -88,8 +56,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "title": self.title,
-            "rows": [asdict(r) for r in self.rows],
-            "unmatched": [asdict(r) for r in self.unmatched],
+            "rows": [r.as_dict() for r in self.rows],
+            "unmatched": [r.as_dict() for r in self.unmatched],
             "regions": self.regions,
             "totals": self.totals,
         }
@@ -121,7 +89,7 @@ class Plan:
         numeric = {i for i, (key, _) in enumerate(COLUMNS)
                    if key in ("dense", "stored", "kept", "flops_before", "flops_after")}
 
-        def fmt(cells):
+        def fmt(cells: list[str]) -> str:
             return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
                              for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 

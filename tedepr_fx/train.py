@@ -8,7 +8,7 @@ layer's forward (see :mod:`tedepr_fx.layers.masked`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,9 @@ def _make_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
 
-def train(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float = 0.05,
-          momentum: float = 0.9, weight_decay: float = 0.0, optimizer: str = "sgd",
-          progress: bool = True, desc: str = "train") -> list[float]:
+def train(model: nn.Module, train_loader: Iterable[Sequence[torch.Tensor]], *, epochs: int = 1,
+          lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0,
+          optimizer: str = "sgd", progress: bool = True, desc: str = "train") -> list[float]:
     """Train ``model`` in place with cross-entropy on ``(inputs, labels)`` batches.
 
     Parameters
@@ -85,7 +85,8 @@ def train(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: floa
                 inputs, labels = inputs.to(device), labels.to(device)
                 loss = F.cross_entropy(model(inputs), labels)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # torch's Tensor.backward is unannotated in torch/_tensor.py
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 total += loss.item() * len(labels)
                 seen += len(labels)
@@ -99,7 +100,7 @@ def train(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: floa
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable) -> float:
+def evaluate(model: nn.Module, loader: Iterable[Sequence[torch.Tensor]]) -> float:
     """Top-1 accuracy of ``model`` on ``(inputs, labels)`` batches, in [0, 1], computed in eval mode.
 
     The model's train / eval mode is restored afterwards.

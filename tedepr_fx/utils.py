@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def meta_copy(module: nn.Module) -> nn.Module:
+
+def meta_copy(module: ModuleT) -> ModuleT:
     """A deep copy of ``module`` whose parameters and buffers live on the meta device.
 
     Nothing of the weights is copied: each tensor is replaced by a meta tensor of the
@@ -23,7 +26,7 @@ def meta_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def as_tuple(example_inputs) -> tuple | None:
+def as_tuple(example_inputs: object) -> tuple[object, ...] | None:
     """Accept one tensor or a tuple/list of positional inputs."""
     if example_inputs is None:
         return None

@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tedepr_fx.budget import Group, allocate, apply_masks, floor_count, prune
+import tedepr_fx
+from tedepr_fx.budget import Group, allocate, apply_masks, floor_count
 from tedepr_fx.errors import BudgetError, DataError
 from tedepr_fx.layers.masked import MaskedLinear, MaskedMixin
-from tedepr_fx.scoring import collect_targets, get_scorer
+from tedepr_fx.scoring import collect_targets
 
 
 class TwoFactor(MaskedMixin, nn.Module):
@@ -185,15 +186,28 @@ def test_errors_name_the_fault():
         allocate(missing, groups(model))
 
 
-def test_prune_is_deterministic_and_masks_hold_through_training():
+def dense3() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 25), nn.ReLU(), nn.Linear(25, 10))
+
+
+def prune_rules(scorer: str, sparsity: float, allocation: str = "global", min_density: float = 0.0):
+    return {"version": 1,
+            "defaults": {"scorer": scorer, "budget": {"sparsity": sparsity, "allocation": allocation,
+                                                      "min_density": min_density}},
+            "rules": [{"name": "all", "match": {"type": "Linear"}, "action": "prune"}]}
+
+
+def test_transform_masks_are_deterministic_and_hold_through_training():
     data = [(torch.randn(8, 20), torch.randint(0, 10, (8,))) for _ in range(2)]
     masks = []
     for _ in range(2):
-        model = model3()
-        alloc = prune(model, groups(model, 0.05, min_density=0.01), "trainability", data, seed=0)
+        model = tedepr_fx.transform(dense3(), prune_rules("trainability", 0.95, min_density=0.01),
+                                    data=data, seed=0, verbose=False)
         masks.append({t.key: t.mask().clone() for t in collect_targets(model)})
     assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
-    assert all(torch.equal(masks[0][k], alloc.masks[k]) for k in masks[0])
+    kept = {r.name: r.kept for r in tedepr_fx.report(model).rows}
+    assert kept == {k.removesuffix(".weight"): int(m.sum()) for k, m in masks[0].items()}
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     for x, y in data * 3:
@@ -202,23 +216,47 @@ def test_prune_is_deterministic_and_masks_hold_through_training():
         opt.step()
     for t in collect_targets(model):
         assert torch.equal(t.mask(), masks[0][t.key])
-    w = model[0].weight.detach()
-    effective = model[0].masked("weight").detach()
-    assert torch.count_nonzero(effective) <= alloc.kept["0.weight"] and torch.any(w[~masks[0]["0.weight"]] != 0)
+    first = model.get_submodule("0")
+    w = first.weight.detach()
+    effective = first.masked("weight").detach()
+    assert torch.count_nonzero(effective) <= kept["0"] and torch.any(w[~masks[0]["0.weight"]] != 0)
+
+
+def test_transform_reaches_a_uniform_budget_exactly():
+    model = tedepr_fx.transform(dense3(), prune_rules("magnitude", 0.98, "uniform"),
+                                example_inputs=(torch.randn(2, 20),))
+    assert sum(t.mask().sum().item() for t in collect_targets(model)) == sum(
+        round(0.02 * n) for n in (20 * 30, 30 * 25, 25 * 10))
+
+
+def test_iterative_scorers_get_the_pooled_density_of_the_budgets(monkeypatch):
+    import tedepr_fx.passes.prune as prune_pass
+
+    seen = []
+    original = prune_pass.scorer_from_rules
+
+    def spy(name, scoring, *, density, **kwargs):
+        seen.append(density)
+        return original(name, scoring, density=density, **kwargs)
+
+    monkeypatch.setattr(prune_pass, "scorer_from_rules", spy)
+    rules = {"version": 1, "defaults": {"scorer": "magnitude", "budget": {"sparsity": 0.99}},
+             "rules": [{"name": "tt", "match": {"name": "0"}, "action": "factorize",
+                        "factorize": {"format": "tt", "rank": 4,
+                                      "modes": {"in": [8, 8], "out": [8, 8]}}},
+                       {"name": "rest", "match": {"type": "Linear"}, "action": "prune"}]}
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    out = tedepr_fx.transform(model, rules, example_inputs=(torch.randn(2, 64),))
+    rows = tedepr_fx.report(out).rows
+    # budgets are counted against the dense weights, density against what is stored
+    expected = sum(round(0.01 * r.dense) for r in rows) / sum(r.stored for r in rows)
+    assert rows[0].stored < rows[0].dense and seen == [pytest.approx(expected, rel=1e-12)]
 
 
 def test_apply_masks_rejects_unknown_keys():
     model = model3()
     with pytest.raises(KeyError, match="'9.weight'"):
         apply_masks(model, {"9.weight": torch.ones(2, 2, dtype=torch.bool)})
-
-
-def test_prune_with_scorer_instance_reaches_budget():
-    model = model3()
-    gs = groups(model, 0.02, "uniform", min_density=0.0)
-    alloc = prune(model, gs, get_scorer("magnitude"), [])
-    assert sum(t.mask().sum().item() for t in collect_targets(model)) == alloc.total_kept == sum(
-        round(0.02 * g.dense_params) for g in gs)
 
 
 def test_global_floors_exceeding_pool_flag_every_layer():

@@ -9,8 +9,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+import tedepr_fx
 from tedepr_fx.capture import capture
-from tedepr_fx.errors import CaptureError
+from tedepr_fx.errors import CaptureError, LayerError
 from tedepr_fx.layers.attention import SplitMultiheadAttention
 
 
@@ -121,11 +122,44 @@ def test_multihead_attention_projections_are_sites_and_split_exactly():
     names = [s.name for s in cap.sites]
     assert names[:4] == ["0.self_attn.q_proj", "0.self_attn.k_proj", "0.self_attn.v_proj",
                          "0.self_attn.out_proj"]
-    # reading a projection splits the packed attention in place, with identical outputs
+    # reading a projection has no side effect: the packed attention stays as it is
     q = cap.sites[0].get()
-    assert isinstance(q, nn.Linear)
+    assert isinstance(q, nn.Linear) and tuple(q.weight.shape) == (16, 16)
+    assert type(cap.module.get_submodule("0.self_attn")) is nn.MultiheadAttention
+    torch.testing.assert_close(q.weight, layer.self_attn.in_proj_weight[:16])
+    # replacing one splits the attention, with identical outputs
+    cap.sites[1].set(copy.deepcopy(cap.sites[1].get()))
     assert isinstance(cap.module.get_submodule("0.self_attn"), SplitMultiheadAttention)
     torch.testing.assert_close(cap.module(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_keeping_every_projection_leaves_multihead_attention_unsplit():
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, dropout=0.0).eval()
+    rules = {"version": 1, "rules": [{"name": "attn", "match": {"name": "*.self_attn.*"},
+                                      "action": "keep"}]}
+    out = tedepr_fx.transform(nn.Sequential(layer), rules, example_inputs=(torch.randn(2, 5, 16),))
+    assert type(out.get_submodule("0.self_attn")) is nn.MultiheadAttention
+
+
+def test_weight_tied_to_an_embedding_is_shared_in_transform_and_plan():
+    class TiedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.head = nn.Linear(16, 50, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.head(self.embed(ids))
+
+    ids = torch.randint(0, 50, (2, 7))
+    assert {s.name: s.shared_with for s in capture(TiedHead(), (ids,)).sites} == {"head": ("embed",)}
+    rules = {"version": 1, "rules": [{"name": "head", "match": {"name": "head"}, "action": "prune"}],
+             "defaults": {"scorer": "magnitude", "budget": {"sparsity": 0.5}}}
+    with pytest.raises(LayerError, match="shares its weight with embed"):
+        tedepr_fx.transform(TiedHead(), rules, example_inputs=(ids,))
+    with pytest.raises(LayerError, match="shares its weight with embed"):
+        tedepr_fx.plan(TiedHead(), rules, example_inputs=(ids,))
 
 
 def test_tied_weights_are_marked_shared():
@@ -159,15 +193,6 @@ def test_hugging_face_bert_traces_its_traceable_blocks():
     torch.testing.assert_close(cap.module(ids).last_hidden_state, expected)
 
 
-def test_graph_view_and_layer_flow():
-    from tedepr_fx.analysis import graph_view, layer_flow
-
-    cap = capture(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), (torch.randn(3, 4),))
-    view = graph_view(cap.module)
-    assert view.has_edge("_0", "_1") and view.nodes["_2"]["op"] == "call_module"
-    assert layer_flow(cap.module) == {"0": [], "2": ["0"]}
-
-
 def test_functional_weight_read_twice_is_not_a_layer():
     class TiedInCode(nn.Module):
         def __init__(self):
@@ -179,3 +204,11 @@ def test_functional_weight_read_twice_is_not_a_layer():
 
     cap = capture(TiedInCode(), (torch.randn(2, 4),))
     assert cap.sites == []
+
+
+def test_traced_graph_reads_no_layer_attribute_besides_calling_it():
+    # a leaf check that read module.weight during tracing would leave get_attr nodes behind
+    # (and a GraphModule that no longer unpickles once the layer's weight is a property)
+    cap = capture(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), (torch.randn(2, 4),))
+    assert [n.op for n in cap.module.graph.nodes] == [
+        "placeholder", "call_module", "call_module", "call_module", "output"]

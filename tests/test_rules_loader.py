@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tedepr_fx import RuleError
-from tedepr_fx.rules import MAX_NODES, RuleSet, load_rules, parse_rules
-from tedepr_fx.rules.loader import MAX_CHARS
+from tedepr_fx.names import FORMAT_NAMES
+from tedepr_fx.rules import MAX_DEPTH, MAX_NODES, RuleSet, load_rules, parse_rules
+from tedepr_fx.rules.limits import MAX_CHARS
 
 GOOD = dedent("""\
     version: 1
@@ -105,12 +106,13 @@ def test_all_errors_of_a_file_are_reported_at_once():
     assert messages[0].startswith("must be 'trainability', 'snip'") and messages[0].endswith("got 'snipp'")
     assert messages[1].startswith("duplicate key 'budget' (first at line 4, column 3)")
     assert messages[2] == "unknown key 'nmae' (did you mean 'name'?)"
-    assert messages[3] == "must be a valid integer; got 'x'"
+    assert messages[3] == "must be an int; got 'x'"
     assert messages[4].startswith("is not a valid regular expression")
     assert messages[5] == f"duplicate rule name 'a' (first used by rules[0] at <string>:{at(text, 7, 'a')})"
     assert messages[6] == "give either 'name' or 'regex', not both"
-    assert messages[7] == "must be one of 'tt', 'tucker'; got 'cp'"
-    assert messages[8] == "missing key 'format': one of 'tt', 'tucker'"
+    formats = ", ".join(map(repr, FORMAT_NAMES))  # the format registry, e.g. 'tt', 'tucker', 'tr'
+    assert messages[7] == f"must be one of {formats}; got 'cp'"
+    assert messages[8] == f"missing key 'format': one of {formats}"
 
 
 def test_missing_keys_point_at_the_mapping_that_lacks_them():
@@ -118,7 +120,7 @@ def test_missing_keys_point_at_the_mapping_that_lacks_them():
     assert found == [("3:5", "rules[0]", "missing required key 'action'")]
     assert errors_of("rules: []\n") == [
         ("1:1", "", "missing required key 'version'"),
-        ("1:8", "rules", "must have at least 1 item after validation, not 0"),
+        ("1:8", "rules", "must have at least 1 item; got []"),
     ]
 
 
@@ -165,6 +167,21 @@ def test_recursive_alias_and_deep_nesting_are_refused():
     assert "nested" in errors_of("version: 1\nrules: " + "[" * 200 + "]" * 200 + "\n")[0][2]
     assert "nested" in errors_of("[" * 5000 + "]" * 5000)[0][2]
     assert "too long" in errors_of("#" * (MAX_CHARS + 1))[0][2]
+
+
+def test_aliases_that_nest_deeper_once_expanded_are_refused():
+    # each anchor is 40 levels deep and holds the previous one: 40 * 30 levels once expanded
+    lines = ["version: 1", "a0: &a0 " + "[" * 40 + "]" * 40]
+    lines += [f"a{i}: &a{i} " + "[" * 40 + f"*a{i - 1}" + "]" * 40 for i in range(1, 30)]
+    text = "\n".join(lines + ["rules: *a29"])
+    (found,) = errors_of(text)
+    assert found == (at(text, 3, "*a0"), "", f"nested deeper than {MAX_DEPTH} levels; refused")
+
+
+def test_a_dict_that_contains_itself_is_refused():
+    data: dict = {"version": 1, "rules": []}
+    data["rules"].append(data)
+    assert errors_of(data) == [("None:None", "", f"nested deeper than {MAX_DEPTH} levels; refused")]
 
 
 def test_small_aliases_and_merge_keys_work():
@@ -231,7 +248,7 @@ def test_extends_merges_child_first(tmp_path):
           init: decompose
           scorer: snip
           budget: {sparsity: 0.9, allocation: erk}
-        scoring: {batches: 2, steps: 5}
+        scoring: {batches: 2, trainability: {steps: 5, inner_lr: 0.5}}
         rules:
           - name: base-rule
             match: {name: "*"}
@@ -243,7 +260,7 @@ def test_extends_merges_child_first(tmp_path):
         defaults:
           scorer: grasp
           budget: {density: 0.1}
-        scoring: {batches: 3}
+        scoring: {batches: 3, trainability: {steps: 4}}
         rules:
           - name: child-rule
             match: {name: fc1}
@@ -255,9 +272,44 @@ def test_extends_merges_child_first(tmp_path):
     assert merged.defaults.scorer == "grasp"  # the child wins
     assert merged.defaults.budget.model_dump(exclude_none=True) == {  # replaced as a whole
         "density": 0.1, "of": "dense", "allocation": "global", "min_density": 0.0005}
-    assert (merged.scoring.batches, merged.scoring.steps) == (3, 5)
+    assert merged.scoring.batches == 3  # the child wins
+    assert merged.scoring.trainability.steps == 4  # a scorer's section given by the child replaces the base's
+    assert merged.scoring.trainability.inner_lr == 0.1
     assert merged.extends is None and merged.source == str(child)
     assert load_rules(merged.to_yaml()) == merged
+
+
+def test_scoring_options_written_flat_say_where_they_moved():
+    text = GOOD + "scoring:\n  batches: 2\n  steps: 3\n  iterations: 5\n  snip: {}\n"
+    assert errors_of(text) == [
+        (at(text, 8, "steps"), "scoring.steps",
+         "'steps' moved to scoring.trainability.steps (each scorer has its own options)"),
+        (at(text, 9, "iterations"), "scoring.iterations",
+         "'iterations' moved to scoring.synflow.iterations or scoring.force.iterations "
+         "(each scorer has its own options)"),
+        (at(text, 10, "snip"), "scoring.snip", "the snip scorer has no options"),
+    ]
+    nested = GOOD + "scoring:\n  trainability: {steps: 0, lr: 1}\n"
+    assert errors_of(nested) == [
+        (at(nested, 7, "0"), "scoring.trainability.steps", "must be at least 1; got 0"),
+        (at(nested, 7, "lr"), "scoring.trainability.lr", "unknown key 'lr'"),
+    ]
+
+
+def test_messages_come_from_the_error_type_not_its_english_text():
+    from tedepr_fx.rules.document import Document
+    from tedepr_fx.rules.messages import located_errors
+
+    doc = Document({"scoring": {"batches": "x", "batch_size": 0}}, "<test>")
+    reworded = [
+        {"type": "int_parsing", "loc": ("scoring", "batches"), "msg": "Reworded by pydantic", "input": "x"},
+        {"type": "greater_than_equal", "loc": ("scoring", "batch_size"), "msg": "Reworded", "input": 0,
+         "ctx": {"ge": 1}},
+    ]
+    assert [str(e) for e in located_errors(doc, reworded)] == [
+        "<test>: scoring.batches: must be an int; got 'x'",
+        "<test>: scoring.batch_size: must be at least 1; got 0",
+    ]
 
 
 def test_extends_chain_of_any_depth_and_errors_in_the_base(tmp_path):

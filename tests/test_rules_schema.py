@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from tedepr_fx import RuleError
+from tedepr_fx.names import FORMAT_NAMES
 from tedepr_fx.rules import Budget, Defaults, Match, Rule, RuleSet, load_rules
 
 LINEAR = {"Linear", "torch.nn.modules.linear.Linear"}
@@ -55,6 +56,14 @@ def test_bool_is_never_a_number():
     with pytest.raises(RuleError) as info:
         ruleset(rule(), defaults={"budget": {"sparsity": True}}, scoring={"batches": True})
     assert {e.path for e in info.value.errors} == {"defaults.budget.sparsity", "scoring.batches"}
+
+
+def test_rule_names_are_unique_whatever_builds_the_rule_set():
+    with pytest.raises(ValidationError) as info:
+        RuleSet(version=1, rules=[Rule.model_validate(rule("a")), Rule.model_validate(rule("a"))])
+    (error,) = info.value.errors()
+    assert (error["type"], error["loc"]) == ("duplicate_rule_name", ("rules", 1, "name"))
+    assert error["msg"] == "duplicate rule name 'a' (first used by rules[0])"
 
 
 def test_budget_needs_exactly_one_share_and_gives_the_target_density():
@@ -155,7 +164,9 @@ def test_json_schema_is_generated_and_closed():
     assert schema["required"] == ["version", "rules"]
     assert schema["additionalProperties"] is False
     factorize = schema["$defs"]["Rule"]["properties"]["factorize"]["anyOf"][0]
-    assert set(factorize["discriminator"]["mapping"]) == {"tt", "tucker"}
+    assert set(factorize["discriminator"]["mapping"]) == set(FORMAT_NAMES)  # every registered format
+    assert "modes" in schema["$defs"]["TRFactorization"]["properties"]
+    assert "modes" not in schema["$defs"]["TuckerFactorization"]["properties"]
     assert "in" in schema["$defs"]["TTModes"]["properties"]
 
 

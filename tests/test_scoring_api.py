@@ -10,9 +10,12 @@ from torch import nn
 
 from tedepr_fx.errors import DataError
 from tedepr_fx.layers.masked import MaskedConv2d, MaskedLinear
-from tedepr_fx.scoring import SCORERS, collect_targets, get_scorer
+from tedepr_fx.rules import load_rules
+from tedepr_fx.rules.scoring import GraspOptions, ScorerOptions, TrainabilityOptions
+from tedepr_fx.scoring import SCORERS, collect_targets, get_scorer, scorer_from_rules
 
 ALL = sorted(SCORERS)
+FEW_ROUNDS = {"synflow": {"iterations": 3}, "force": {"iterations": 3}}  # each scorer's own options
 
 
 def conv_net() -> nn.Module:
@@ -37,6 +40,29 @@ def test_registry_names_and_unknown():
         get_scorer("snip", lr=0.1)
     with pytest.raises(ValueError, match="steps"):
         get_scorer("trainability", steps=0)
+
+
+def test_each_scorer_takes_only_its_own_options():
+    assert get_scorer("trainability", steps=2, first_order=True).options.steps == 2
+    assert get_scorer("grasp", temperature=50.0).options.temperature == 50.0
+    assert get_scorer("force").options.iterations == 10 and get_scorer("synflow").options.iterations == 100
+    with pytest.raises(ValueError, match="unknown options \\['steps'\\]; 'steps' is an option of trainability"):
+        get_scorer("snip", steps=3)
+    with pytest.raises(ValueError, match="'iterations' is an option of synflow, force"):
+        get_scorer("grasp", iterations=3)
+    with pytest.raises(TypeError, match="takes TrainabilityOptions; got GraspOptions"):
+        SCORERS["trainability"](GraspOptions())
+
+
+def test_scorer_from_rules_passes_each_scorer_its_section():
+    rules = load_rules({"version": 1, "rules": [{"name": "r", "match": {"type": "Linear"}, "action": "keep"}],
+                        "scoring": {"trainability": {"steps": 5, "checkpoint": False},
+                                    "force": {"iterations": 4}}})
+    trainability = scorer_from_rules("trainability", rules.scoring, density=None, seed=3)
+    assert trainability.options == TrainabilityOptions(steps=5, checkpoint=False)
+    assert trainability.seed == 3 and not trainability.verbose
+    assert scorer_from_rules("force", rules.scoring, density=0.1).options.iterations == 4
+    assert scorer_from_rules("snip", rules.scoring, density=0.1).options == ScorerOptions()
 
 
 def test_collect_targets_filters_and_names_unknown_layers():
@@ -69,7 +95,7 @@ def test_scoring_leaves_model_untouched(name):
     model[5].set_mask("weight", torch.rand(3, 144) > 0.5)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    scores = get_scorer(name, density=0.3, iterations=3).score(
+    scores = get_scorer(name, density=0.3, **FEW_ROUNDS.get(name, {})).score(
         model, collect_targets(model), batches(), example_inputs=torch.randn(1, 1, 6, 6))
     assert {k: tuple(v.shape) for k, v in scores.items()} == {"0.weight": (4, 1, 3, 3),
                                                               "5.weight": (3, 144)}
@@ -83,7 +109,7 @@ def test_scoring_leaves_model_untouched(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_scores_despite_dropout(name):
-    opts = dict(density=0.3, iterations=3, seed=7)
+    opts = dict(density=0.3, seed=7, **FEW_ROUNDS.get(name, {}))
     model = conv_net()
     a = get_scorer(name, **opts).score(model, collect_targets(model), batches(),
                                        example_inputs=torch.randn(1, 1, 6, 6))

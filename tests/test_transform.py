@@ -59,11 +59,14 @@ def test_model_is_not_mutated_and_result_is_deterministic():
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_inplace_swaps_the_layers_of_the_given_model():
+def test_inplace_is_gone_and_the_given_model_is_never_rewritten():
+    # inplace=True used to leave a traced model half rewritten (issue 9): it was removed
     model = mlp()
-    tedepr_fx.transform(model, rules(factorize_rule("all", "tucker", 4)), example_inputs=(X,),
-                        inplace=True)
-    assert type(model[1]).__name__ == "TuckerLinear"
+    with pytest.raises(TypeError, match="inplace"):
+        tedepr_fx.transform(model, rules(factorize_rule("all", "tucker", 4)), example_inputs=(X,),
+                            inplace=True)
+    out = tedepr_fx.transform(model, rules(factorize_rule("all", "tucker", 4)), example_inputs=(X,))
+    assert type(model[1]) is nn.Linear and type(out.get_submodule("1")).__name__ == "TuckerLinear"
 
 
 def test_first_matching_rule_wins_and_unmatched_layers_are_listed():

@@ -7,8 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tedepr_fx.layers.contraction import (
-    candidate_plans,
-    choose_plan,
+    candidate_orders,
+    choose_order,
     group_cores,
     tt_chain_apply,
     tt_flops,
@@ -41,7 +41,7 @@ def measured_flops(rows, in_modes, out_modes, ranks, plan) -> tuple[int, torch.T
 def test_choice_is_argmin_of_brute_force_flop_count(rows, in_modes, out_modes, ranks):
     measured = {}
     outputs = []
-    for plan in candidate_plans(len(in_modes)):
+    for plan in candidate_orders(len(in_modes)):
         flops, y = measured_flops(rows, in_modes, out_modes, ranks, plan)
         measured[plan] = flops
         outputs.append(y)
@@ -49,14 +49,14 @@ def test_choice_is_argmin_of_brute_force_flop_count(rows, in_modes, out_modes, r
     # every order computes the same product
     for y in outputs[1:]:
         assert torch.allclose(y, outputs[0], rtol=1e-10, atol=1e-8)
-    plan, cost = choose_plan(rows, in_modes, out_modes, ranks)
+    plan, cost = choose_order(rows, in_modes, out_modes, ranks)
     assert cost == measured[plan] == min(measured.values())
 
 
 def test_choice_depends_on_batch():
     in_modes, out_modes, ranks = [8, 12, 8], [12, 16, 16], [1, 16, 16, 1]
-    small, _ = choose_plan(1, in_modes, out_modes, ranks)
-    large, _ = choose_plan(256, in_modes, out_modes, ranks)
+    small, _ = choose_order(1, in_modes, out_modes, ranks)
+    large, _ = choose_order(256, in_modes, out_modes, ranks)
     assert len(small[1]) > 1  # a few rows: contract the factors
     assert large == ("ltr", (3,))  # many rows: rebuild the weight once
 
@@ -102,7 +102,7 @@ def test_choice_matches_opt_einsum_optimal_cost(rows, in_modes, out_modes, ranks
         shapes.append(tuple(([ranks[k]] if left else []) + [in_modes[k], out_modes[k]] + ([ranks[k + 1]] if right else [])))
     expr = ",".join(terms) + "->Z" + "".join(outs)
     _, info = opt_einsum.contract_path(expr, *shapes, shapes=True, optimize="optimal")
-    _, ours = choose_plan(rows, in_modes, out_modes, ranks)
+    _, ours = choose_order(rows, in_modes, out_modes, ranks)
     assert ours <= int(info.opt_cost) * 1.0001
 
 

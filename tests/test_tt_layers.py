@@ -130,7 +130,7 @@ def test_tt_conv_factor_path_matches_its_dense_kernel(kw):
     conv = nn.Conv2d(16, 16, 3, **kw).double()
     tt = TTConv2d.from_conv(conv, 2, init="scratch")
     x = torch.randn(2, 16, 20, 20, dtype=torch.double)
-    kind, _, _ = tt.contraction_plan(tuple(x.shape))
+    kind, _, _ = tt.contraction_order(tuple(x.shape))
     assert kind == "factors"
     ref = torch.nn.functional.conv2d(x, tt.to_dense(), tt.bias, conv.stride, conv.padding, conv.dilation)
     assert rel_err(tt(x), ref) <= 1e-10
@@ -237,10 +237,10 @@ def test_tt_lstm_merges_each_map_once_per_forward_and_caches_in_eval(monkeypatch
 
 
 def test_tt_lstm_explicit_modes_apply_to_every_map_they_fit():
-    maps = TTLSTM.plan_maps(16, 16, 2, 4, modes=([4, 4], [8, 8]), hidden_to_hidden=True)
+    maps = TTLSTM.resolve_maps(16, 16, 2, 4, modes=([4, 4], [8, 8]), hidden_to_hidden=True)
     assert [(m["in_modes"], m["out_modes"]) for m in maps] == [([4, 4], [8, 8])] * 4
-    maps = TTLSTM.plan_maps(12, 16, 2, 4, modes=([3, 4], [8, 8]), hidden_to_hidden=True)
+    maps = TTLSTM.resolve_maps(12, 16, 2, 4, modes=([3, 4], [8, 8]), hidden_to_hidden=True)
     assert (maps[0]["in_modes"], maps[0]["out_modes"]) == ([3, 4], [8, 8])
     assert all(math.prod(m["in_modes"]) - m["in_pad"] == 16 for m in maps[1:])  # hidden-sized: auto
     with pytest.raises(ValueError, match="in_modes"):
-        TTLSTM.plan_maps(12, 16, 1, 4, modes=([4, 4], [8, 8]))
+        TTLSTM.resolve_maps(12, 16, 1, 4, modes=([4, 4], [8, 8]))

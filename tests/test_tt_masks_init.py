@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tedepr_fx.decompose.tt import tt_svd
-from tedepr_fx.layers.tt import TTConv2d, TTLinear, decompose_tt_matrix
+from tedepr_fx.formats.tt import decompose_tt_matrix, resolve_tt_ranks
+from tedepr_fx.layers.tt import TTConv2d, TTLinear
 from tedepr_fx.layers.tt_lstm import TTLSTM
 
 
@@ -157,8 +158,6 @@ def test_decomposition_never_builds_an_intermediate_larger_than_the_weight(rank)
     torch.manual_seed(0)
     w_io = torch.randn(64, 96)
     in_modes, out_modes = [4, 4, 4], [4, 6, 4]
-    from tedepr_fx.layers.ranks import resolve_tt_ranks
-
     ranks = resolve_tt_ranks(rank, in_modes, out_modes)
     with _Largest() as probe:
         cores = decompose_tt_matrix(w_io, in_modes, out_modes, ranks)

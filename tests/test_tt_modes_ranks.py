@@ -7,8 +7,8 @@ import math
 import pytest
 from torch import nn
 
+from tedepr_fx.formats.tt import resolve_tt_ranks, tt_max_ranks, tt_params
 from tedepr_fx.layers.modes import auto_modes, balanced_factorization
-from tedepr_fx.layers.ranks import resolve_tt_ranks, tt_max_ranks, tt_params
 from tedepr_fx.layers.tt import TTConv2d, TTLinear
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tedepr_fx.decompose.tucker import partial_tucker2, tucker2_scratch
-from tedepr_fx.layers.tucker import tucker_max_ranks
+from tedepr_fx.formats.tucker import tucker_max_ranks
 
 
 def _rebuild(factor_out, core, factor_in):

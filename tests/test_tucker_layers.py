@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear, resolve_tucker_ranks
+from tedepr_fx.formats.tucker import resolve_tucker_ranks
+from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -41,7 +42,7 @@ def _check_exact(dense: nn.Module, layer: nn.Module, x: torch.Tensor, tol: float
     # dL/dW of the dense layer, pulled back through W = U_out core U_in^T, is dL/d(factors)
     factors = (layer.factor_out, layer.core, layer.factor_in)
     weight = layer._merged("dense_via_in")
-    if getattr(layer, "transposed", False):
+    if getattr(layer, "weight_layout", "linear") == "conv1d":
         weight = weight.t()
     w_grad = dense.weight.grad
     expected = torch.autograd.grad(weight, factors, w_grad)
@@ -67,7 +68,8 @@ def test_tucker_linear_from_hf_conv1d_is_exact_and_keeps_its_layout(dtype, tol):
     torch.manual_seed(0)
     dense = _hf_conv1d(11, 5).to(dtype)
     layer = TuckerLinear.from_linear(dense, "full", init="decompose")
-    assert layer.tedepr_info["transposed"] and layer.to_dense().shape == (11, 5)
+    assert layer.tedepr_info["weight_layout"] == layer.weight_layout == "conv1d" and layer.nf == 5
+    assert layer.to_dense().shape == (11, 5)
     torch.testing.assert_close(layer.to_dense(), dense.weight.detach(), rtol=tol, atol=tol)
     _check_exact(dense, layer, torch.randn(4, 11, dtype=dtype), tol)
 
@@ -108,7 +110,7 @@ def test_every_contraction_order_computes_the_same_conv(plan, monkeypatch):
     layer = Tucker2Conv2d.from_conv(dense, [3, 4], init="decompose")
     x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
     reference = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), layer.to_dense(), dense.bias, 2)
-    monkeypatch.setattr(Tucker2Conv2d, "choose_plan", lambda self, shape: plan)
+    monkeypatch.setattr(Tucker2Conv2d, "choose_order", lambda self, shape: plan)
     assert _rel(layer(x), reference) <= 1e-12
 
 
@@ -233,7 +235,7 @@ def test_kxk_conv_plan_is_the_argmin_over_all_five_orders():
             "dense_via_out": 2 * (o * ro * ri * k + o * ri * k * i + p_out * o * i * k),
         }
         assert layer.flops((batch, 32, hw, hw)) == min(costs.values())
-        assert costs[layer.choose_plan((batch, 32, hw, hw))] == min(costs.values())
+        assert costs[layer.choose_order((batch, 32, hw, hw))] == min(costs.values())
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
@@ -258,7 +260,7 @@ def test_eval_cache_is_reused_and_invalidated_by_factor_and_mask_changes():
     dense = nn.Linear(64, 64)
     layer = TuckerLinear.from_linear(dense, "full", init="decompose").eval()
     x = torch.randn(512, 64)
-    assert layer.choose_plan(x.shape) != "chain"
+    assert layer.choose_order(x.shape) != "chain"
     with torch.no_grad():
         torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-4)
         cached = layer._eval_cache["merged"][1]

@@ -144,3 +144,53 @@ def test_wraps_in_ddp(tmp_path):
         F.cross_entropy(ddp(x), torch.zeros(4, dtype=torch.long)).backward()
     finally:
         dist.destroy_process_group()
+
+
+def _budgeted(allocation):
+    rules = copy.deepcopy(FULL_RANK)
+    rules["defaults"] = {"scorer": "magnitude", "budget": {"sparsity": 0.9, "allocation": allocation}}
+    rules["rules"][0]["factorize"]["rank"] = 0.5
+    rules["rules"][1]["factorize"]["rank"] = 2
+    rules["rules"][2]["factorize"]["rank"] = 2
+    rules["rules"].append({"name": "rest", "match": {"name": "*"}, "action": "prune"})
+    return rules
+
+
+def _plan_and_report(model, x, rules):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        planned = tedepr_fx.plan(model, rules, example_inputs=(x,))
+    return planned, tedepr_fx.report(_transform(model, x, rules))
+
+
+def _without(record, *fields):
+    return {k: v for k, v in record.as_dict().items() if k not in fields}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_plan_and_transform_agree_on_every_zoo_model(name):
+    torch.manual_seed(0)
+    model = ZOO[name]()
+    x = model.example_input(4)
+    for allocation in ("uniform", "global"):
+        planned, done = _plan_and_report(model, x, _budgeted(allocation))
+        assert [r.name for r in planned.rows] == [r.name for r in done.rows]
+        assert [r.name for r in planned.unmatched] == [r.name for r in done.unmatched]
+        for p, d in zip(planned.rows, done.rows):
+            assert _without(p, "kept", "kept_source", "note") == _without(d, "kept", "kept_source", "note")
+            assert d.kept_source == "actual"
+            if allocation == "uniform" or p.kept == p.stored:
+                assert p.kept_source == "budget" and p.kept == d.kept, p.name
+            else:
+                assert p.kept_source == "predicted" and "predicted" in p.note, p.name
+        assert planned.totals["kept"] == done.totals["kept"] or allocation == "global"
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "vit"])
+def test_plan_and_transform_agree_on_hugging_face_models(name):
+    torch.manual_seed(0)
+    model = _hf_models()[name]().eval()
+    x = torch.randn(2, 3, 16, 16) if name == "vit" else torch.randint(0, 100, (2, 7))
+    planned, done = _plan_and_report(model, x, _budgeted("uniform"))
+    assert [_without(r, "kept_source", "note") for r in planned.rows] == [
+        _without(r, "kept_source", "note") for r in done.rows]

@@ -69,10 +69,17 @@ def partial_tucker2(
     Factor matrices are the leading left singular vectors of the mode unfoldings and the
     core is the projection of the weight onto them (De Lathauwer, De Moor and Vandewalle,
     "A Multilinear Singular Value Decomposition", SIAM J. Matrix Anal. Appl. 21(4), 2000).
-    Written in torch rather than with tensorly's ``partial_tucker``, whose SVD of the
-    unfoldings we could not bound in memory; here the largest intermediate is the size of
-    the weight (a permuted copy, a QR factor or the first projection), plus one float32
-    copy of a half-precision weight.
+    The largest intermediate is the size of the weight (a permuted copy, a QR factor or
+    the first projection), plus one float32 copy of a half-precision weight.
+
+    Hand-written rather than tensorly's ``partial_tucker`` with ``n_iter_max=0`` (the same
+    truncated HOSVD, through full SVDs of the unfoldings), because that was measured worse
+    (``benchmarks/bench_decompose.py``, ``docs/benchmarks/decompose.md``, tensorly 0.10
+    under ``backend_context("pytorch")``): equal error, but 1.3 to 12.5x the time on the
+    benchmark shapes and, for a 256 x 256 x 3 x 3 conv at ranks (64, 64), a torch peak of
+    2.7 weights against 0.4 here. It needed less memory only for a 768 x 3072 linear at
+    ranks (192, 192), where the QR of the tall mode-1 unfolding costs two weights here
+    (1.9 vs 2.1 weights), at 7x the time.
     """
     if weight.dim() < 2:
         raise ValueError(f"weight must have at least 2 dims (out, in, ...); got shape {tuple(weight.shape)}")

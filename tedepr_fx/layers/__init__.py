@@ -1,6 +1,10 @@
-"""Tensorized and masked layers: what the factorize pass swaps in."""
+"""Tensorized and masked layers: what the factorize pass swaps in.
+
+The formats they hold (ranks, factor counts, decomposition) live in :mod:`tedepr_fx.formats`.
+"""
 
 from tedepr_fx.layers.attention import SplitMultiheadAttention
+from tedepr_fx.layers.hf import WeightLayout, is_hf_conv1d
 from tedepr_fx.layers.masked import (
     Accounting,
     MaskedConv2d,
@@ -10,8 +14,7 @@ from tedepr_fx.layers.masked import (
     iter_masked,
 )
 from tedepr_fx.layers.masked_lstm import MaskedLSTM
-from tedepr_fx.layers.modes import auto_modes
-from tedepr_fx.layers.ranks import resolve_tt_ranks, resolve_tucker_ranks
+from tedepr_fx.layers.modes import auto_modes, select_modes
 from tedepr_fx.layers.tt import TTConv2d, TTLinear
 from tedepr_fx.layers.tt_lstm import TTLSTM
 from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear
@@ -19,6 +22,6 @@ from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear
 __all__ = [
     "Accounting", "MaskedConv2d", "MaskedLSTM", "MaskedLinear", "MaskedMixin",
     "MaskedTransposedLinear", "SplitMultiheadAttention", "TTConv2d", "TTLSTM", "TTLinear",
-    "Tucker2Conv2d", "TuckerLinear", "auto_modes", "iter_masked", "resolve_tt_ranks",
-    "resolve_tucker_ranks",
+    "Tucker2Conv2d", "TuckerLinear", "WeightLayout", "auto_modes", "is_hf_conv1d", "iter_masked",
+    "select_modes",
 ]

@@ -11,6 +11,7 @@ exact: same call signature, same outputs (up to float rounding of the fused kern
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ class SplitMultiheadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,
-                 device=None, dtype=None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
@@ -58,13 +59,15 @@ class SplitMultiheadAttention(nn.Module):
                   device="meta", dtype=w.dtype)
         e = mha.embed_dim
         with torch.no_grad():
+            weights: Sequence[torch.Tensor]
             if mha._qkv_same_embed_dim:
-                weights = mha.in_proj_weight.detach().split(e, dim=0)
+                weights = torch.split(mha.in_proj_weight.detach(), e, dim=0)
             else:
                 weights = (mha.q_proj_weight.detach(), mha.k_proj_weight.detach(),
                            mha.v_proj_weight.detach())
-            biases = (mha.in_proj_bias.detach().split(e) if mha.in_proj_bias is not None
-                      else (None, None, None))
+            biases: Sequence[torch.Tensor | None] = (
+                torch.split(mha.in_proj_bias.detach(), e) if mha.in_proj_bias is not None
+                else (None, None, None))
             for proj, weight, bias in zip((new.q_proj, new.k_proj, new.v_proj), weights, biases):
                 proj.weight = nn.Parameter(weight.clone(), requires_grad=mha.out_proj.weight.requires_grad)
                 if bias is not None:
@@ -73,8 +76,10 @@ class SplitMultiheadAttention(nn.Module):
         new.train(mha.training)
         return new
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         batched = query.dim() == 3
         if not batched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -92,6 +97,7 @@ class SplitMultiheadAttention(nn.Module):
 
         mask = self._merged_mask(attn_mask, key_padding_mask, bsz, tgt_len, src_len, q.dtype)
         dropout_p = self.dropout if self.training else 0.0
+        weights: torch.Tensor | None
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
             if mask is not None:
@@ -120,10 +126,11 @@ class SplitMultiheadAttention(nn.Module):
         return out, weights
 
     @staticmethod
-    def _merged_mask(attn_mask, key_padding_mask, bsz, tgt_len, src_len, dtype):
+    def _merged_mask(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, bsz: int,
+                     tgt_len: int, src_len: int, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive float mask of shape broadcastable to (N, H, L, S), or None."""
 
-        def additive(m):
+        def additive(m: torch.Tensor | None) -> torch.Tensor | None:
             if m is None:
                 return None
             if m.dtype == torch.bool:

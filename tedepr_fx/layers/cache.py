@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
+
+T = TypeVar("T")
 
 
 class EvalCache:
@@ -19,25 +21,32 @@ class EvalCache:
     copied or pickled.
     """
 
-    def cached(self, slot: str, tag: Hashable, names: Sequence[str], build: Callable[[], Any]) -> Any:
+    if TYPE_CHECKING:
+        # provided by the classes this is mixed into: nn.Module and MaskedMixin
+        training: bool
+
+        def get_mask(self, name: str) -> torch.Tensor: ...
+
+    def cached(self, slot: str, tag: Hashable, names: Sequence[str], build: Callable[[], T]) -> T:
         """``build()``, reused from ``slot`` in eval mode while ``tag`` and the tensors match."""
-        if self.training or torch.is_grad_enabled():  # type: ignore[attr-defined]
+        if self.training or torch.is_grad_enabled():
             return build()
         key = (tag, *self._tensors_key(names))
-        store = self.__dict__.setdefault("_eval_cache", {})
+        store: dict[str, tuple[tuple[Hashable, ...], Any]] = self.__dict__.setdefault("_eval_cache", {})
         hit = store.get(slot)
         if hit is None or hit[0] != key:
             hit = store[slot] = (key, build())
-        return hit[1]
+        return cast(T, hit[1])  # the slot's build always returns the same type
 
-    def _tensors_key(self, names: Sequence[str]) -> tuple:
-        key = []
+    def _tensors_key(self, names: Sequence[str]) -> tuple[Hashable, ...]:
+        key: list[Hashable] = []
+        t: torch.Tensor
         for name in names:
-            for t in (getattr(self, name), self.get_mask(name)):  # type: ignore[attr-defined]
+            for t in (getattr(self, name), self.get_mask(name)):
                 key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
         return tuple(key)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_eval_cache"] = {}  # keyed on ids: never carry it over
         return state

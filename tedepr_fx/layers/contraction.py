@@ -8,7 +8,7 @@ batch is contracted with the super-cores left to right (``"ltr"``) or right to l
 (``"rtl"``). One group is "rebuild the weight, one dense product"; ``d`` groups is the
 pure factor chain; anything between is a mixed order. The FLOP model below counts
 exactly the matrix products that :func:`merge_cores` and :func:`tt_chain_apply`
-perform, and :func:`choose_plan` takes its argmin for the actual number of rows (on
+perform, and :func:`choose_order` takes its argmin for the actual number of rows (on
 the shapes we checked, opt_einsum's exhaustive ``'optimal'`` search finds nothing
 cheaper).
 
@@ -20,7 +20,9 @@ products of the weight: never larger than the weight itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -43,9 +45,12 @@ def compositions(d: int) -> list[Groups]:
     return out
 
 
-def _grouped_shapes(in_modes, out_modes, ranks, groups):
+def _grouped_shapes(
+    in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int], groups: Groups
+) -> tuple[list[tuple[int, int, int, int]], int]:
     """Shapes ``(r_start, M, N, r_end)`` of the super-cores, and the merge FLOPs."""
-    shapes, merge_flops, k = [], 0, 0
+    shapes: list[tuple[int, int, int, int]] = []
+    merge_flops, k = 0, 0
     for size in groups:
         whole = size > 1 and ranks[k] == 1 and ranks[k + size] == 1  # merge_cores: first x rest
         start = k + 1 if whole else k
@@ -85,40 +90,44 @@ def chain_flops(rows: int, shapes: list[tuple[int, int, int, int]], direction: s
     return total
 
 
-Plan = tuple[str, Groups]  # ("ltr" | "rtl", groups)
+ContractionOrder = tuple[str, Groups]  # ("ltr" | "rtl", groups): the order a TT-matrix product runs in
 
 
-def tt_flops(rows: int, in_modes, out_modes, ranks, groups: Groups, direction: str = "ltr") -> int:
-    """FLOPs of one forward with a given plan: merging the groups plus the chain."""
+def tt_flops(rows: int, in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int],
+             groups: Groups, direction: str = "ltr") -> int:
+    """FLOPs of one forward in a given order: merging the groups plus the chain."""
     shapes, merge = _grouped_shapes(list(in_modes), list(out_modes), list(ranks), groups)
     return merge + chain_flops(rows, shapes, direction)
 
 
-def candidate_plans(d: int) -> list[Plan]:
-    """Every plan: a grouping, contracted left to right or right to left (one group: one product)."""
-    plans: list[Plan] = []
+def candidate_orders(d: int) -> list[ContractionOrder]:
+    """Every order: a grouping, contracted left to right or right to left (one group: one product)."""
+    orders: list[ContractionOrder] = []
     for groups in compositions(d):
-        plans.append(("ltr", groups))
+        orders.append(("ltr", groups))
         if len(groups) > 1:
-            plans.append(("rtl", groups))
-    return plans
+            orders.append(("rtl", groups))
+    return orders
 
 
 @lru_cache(maxsize=1024)
-def _choose(rows: int, in_modes: tuple, out_modes: tuple, ranks: tuple) -> tuple[Plan, int]:
-    best = None
-    for plan in candidate_plans(len(in_modes)):
-        cost = tt_flops(rows, in_modes, out_modes, ranks, plan[1], plan[0])
+def _choose(rows: int, in_modes: tuple[int, ...], out_modes: tuple[int, ...],
+            ranks: tuple[int, ...]) -> tuple[ContractionOrder, int]:
+    best: tuple[tuple[int, int, bool], ContractionOrder] | None = None
+    for order in candidate_orders(len(in_modes)):
+        cost = tt_flops(rows, in_modes, out_modes, ranks, order[1], order[0])
         # ties go to fewer groups (fewer kernel launches), then to "ltr", measured faster on
         # CPU: its batched product reads the small input, its plain product the large state
-        key = (cost, len(plan[1]), plan[0] != "ltr")
+        key = (cost, len(order[1]), order[0] != "ltr")
         if best is None or key < best[0]:
-            best = (key, plan)
+            best = (key, order)
+    assert best is not None
     return best[1], best[0][0]
 
 
-def choose_plan(rows: int, in_modes, out_modes, ranks) -> tuple[Plan, int]:
-    """The cheapest plan (by FLOPs) for ``rows`` input rows, and its FLOPs.
+def choose_order(rows: int, in_modes: Sequence[int], out_modes: Sequence[int],
+                 ranks: Sequence[int]) -> tuple[ContractionOrder, int]:
+    """The cheapest contraction order (by FLOPs) for ``rows`` input rows, and its FLOPs.
 
     ``ranks`` has ``d + 1`` entries; ``ranks[0]`` may exceed 1 when the input already
     carries the first bond (the TT convolution's spatial core).
@@ -137,7 +146,9 @@ def merge_cores(cores: list[torch.Tensor]) -> torch.Tensor:
         rest = _merge_left_to_right(cores[1:])
         _, m1, n1, r1 = cores[0].shape
         _, big_m, big_n, _ = rest.shape
-        weight = _FirstTimesRest.apply(cores[0].reshape(m1, n1, r1), rest.reshape(r1, big_m, big_n))
+        # torch: Function.apply is unannotated (returns what forward returns, a Tensor)
+        weight: torch.Tensor = _FirstTimesRest.apply(  # type: ignore[no-untyped-call]
+            cores[0].reshape(m1, n1, r1), rest.reshape(r1, big_m, big_n))
         return weight.reshape(1, m1 * big_m, n1 * big_n, 1)
     return _merge_left_to_right(cores)
 
@@ -155,7 +166,7 @@ class _FirstTimesRest(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
         m1, n1, r = first.shape
         _, big_m, big_n = rest.shape
         rest_p = rest.transpose(0, 1).contiguous()  # (P, a, Q)
@@ -165,16 +176,19 @@ class _FirstTimesRest(torch.autograd.Function):
         return out
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        first: torch.Tensor
+        rest: torch.Tensor
         first, rest = ctx.saved_tensors
         m1, n1, r = first.shape
         _, big_m, big_n = rest.shape
         grad_p = grad.permute(1, 0, 2, 3).reshape(big_m, m1 * n1, big_n)  # (P, i*o, Q)
-        d_first = d_rest = None
+        d_first: torch.Tensor | None = None
+        d_rest: torch.Tensor | None = None
         if ctx.needs_input_grad[0]:
             rest_p = rest.transpose(0, 1)  # (P, a, Q)
             d_first = torch.bmm(grad_p, rest_p.transpose(1, 2)).sum(0).reshape(m1, n1, r)
@@ -196,7 +210,8 @@ def _merge_left_to_right(cores: list[torch.Tensor]) -> torch.Tensor:
 
 def group_cores(cores: list[torch.Tensor], groups: Groups) -> list[torch.Tensor]:
     """Merge the cores group by group (see :func:`compositions`)."""
-    out, k = [], 0
+    out: list[torch.Tensor] = []
+    k = 0
     for size in groups:
         out.append(merge_cores(cores[k : k + size]))
         k += size

@@ -17,11 +17,14 @@ of :class:`Accounting`: dense, stored and kept weight counts, and FLOPs.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tedepr_fx.layers.hf import WeightLayout, is_hf_conv1d
 
 
 @runtime_checkable
@@ -44,6 +47,14 @@ class Accounting(Protocol):
     def to_dense(self) -> torch.Tensor: ...  # effective weight, original layout
 
 
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]  # nn.Conv2d's padding_mode
+Pair = tuple[int, int]  # a 2-d convolution's kernel_size, stride, dilation (torch types them tuple[int, ...])
+
+
+class _HasDense(Protocol):
+    def to_dense(self) -> torch.Tensor: ...
+
+
 class MaskedMixin:
     """Mixin for modules whose tensors named in ``prunable`` carry boolean masks.
 
@@ -54,15 +65,17 @@ class MaskedMixin:
     prunable: tuple[str, ...] = ()
 
     def init_masks(self) -> None:
+        module = cast(nn.Module, self)  # the mixin is only ever mixed into nn.Module subclasses
         for name in self.prunable:
-            param = getattr(self, name)
-            self.register_buffer(  # type: ignore[attr-defined]
+            param: torch.Tensor = getattr(self, name)
+            module.register_buffer(
                 f"{name}_mask", torch.ones(param.shape, dtype=torch.bool, device=param.device)
             )
 
     def get_mask(self, name: str) -> torch.Tensor:
         self._check_prunable(name)
-        return getattr(self, f"{name}_mask")
+        mask: torch.Tensor = getattr(self, f"{name}_mask")
+        return mask
 
     @torch.no_grad()
     def set_mask(self, name: str, mask: torch.Tensor) -> None:
@@ -76,11 +89,12 @@ class MaskedMixin:
 
     def masked(self, name: str) -> torch.Tensor:
         """The effective value of a prunable tensor: the tensor times its mask."""
-        param = getattr(self, name)
-        return param * getattr(self, f"{name}_mask")
+        param: torch.Tensor = getattr(self, name)
+        mask: torch.Tensor = getattr(self, f"{name}_mask")
+        return param * mask
 
     def stored_params(self) -> int:
-        return sum(getattr(self, name).numel() for name in self.prunable)
+        return sum(cast(torch.Tensor, getattr(self, name)).numel() for name in self.prunable)
 
     def kept_params(self) -> int:
         return sum(int(self.get_mask(name).sum()) for name in self.prunable)
@@ -99,22 +113,26 @@ class DenseWeightView:
     """
 
     @property
-    def weight(self) -> torch.Tensor:
-        return self.to_dense()  # type: ignore[attr-defined]
+    def weight(self: _HasDense) -> torch.Tensor:
+        return self.to_dense()
 
 
-def iter_masked(model: nn.Module):
-    """Yield ``(qualified_module_name, module, tensor_name)`` for every prunable tensor of ``model``."""
+def iter_masked(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """Yield ``(qualified_module_name, module, tensor_name)`` for every prunable tensor of ``model``.
+
+    Every ``module`` yielded is an ``nn.Module`` that is also a :class:`MaskedMixin`.
+    """
     for qualname, module in model.named_modules():
         if isinstance(module, MaskedMixin):
             for name in module.prunable:
-                yield qualname, module, name
+                yield qualname, cast(nn.Module, module), name  # narrowed to MaskedMixin; still the Module
 
 
 class _MaskedDenseWeight(MaskedMixin):
     """A dense layer whose one prunable tensor is its ``weight``, stored in the original layout."""
 
     prunable = ("weight",)
+    weight: torch.Tensor  # a registered nn.Parameter of the dense layer this is mixed into
 
     @property
     def dense_params(self) -> int:
@@ -135,7 +153,9 @@ def linear_flops(input_shape: tuple[int, ...], in_features: int, out_features: i
 class MaskedLinear(_MaskedDenseWeight, nn.Linear):
     """``nn.Linear`` whose weight carries a mask; parameter names and layout are unchanged."""
 
-    def __init__(self, *args, **kwargs):
+    weight_layout: WeightLayout = "linear"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # nn.Linear's arguments
         super().__init__(*args, **kwargs)
         self.init_masks()
 
@@ -157,7 +177,7 @@ class MaskedLinear(_MaskedDenseWeight, nn.Linear):
 class MaskedConv2d(_MaskedDenseWeight, nn.Conv2d):
     """``nn.Conv2d`` whose weight carries a mask; parameter names and layout are unchanged."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # nn.Conv2d's arguments
         super().__init__(*args, **kwargs)
         self.init_masks()
 
@@ -174,7 +194,8 @@ class MaskedConv2d(_MaskedDenseWeight, nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.masked("weight"), self.bias)
+        y: torch.Tensor = self._conv_forward(x, self.masked("weight"), self.bias)  # torch: returns unannotated
+        return y
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         out = conv2d_output_hw(input_shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation)
@@ -182,14 +203,18 @@ class MaskedConv2d(_MaskedDenseWeight, nn.Conv2d):
         return 2 * batch * out[0] * out[1] * self.weight.numel()
 
 
-def conv2d_output_hw(hw, kernel_size, stride, padding, dilation) -> tuple[int, int]:
+def conv2d_output_hw(
+    hw: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int],
+    padding: str | Sequence[int], dilation: Sequence[int],
+) -> tuple[int, int]:
     """Spatial output size of a 2-d convolution (``padding`` may be ``'same'``/``'valid'``)."""
-    out = []
+    out: list[int] = []
     for i in range(2):
         if padding == "same":
             out.append((hw[i] + stride[i] - 1) // stride[i])
             continue
-        pad = 0 if padding == "valid" else padding[i]
+        # past 'same' and 'valid', padding is the per-dimension amounts
+        pad = 0 if padding == "valid" else cast("Sequence[int]", padding)[i]
         out.append((hw[i] + 2 * pad - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1)
     return out[0], out[1]
 
@@ -198,10 +223,14 @@ class MaskedTransposedLinear(_MaskedDenseWeight, nn.Module):
     """A linear map stored as (in, out), like Hugging Face's ``Conv1D``, whose weight carries a mask.
 
     Replaces ``transformers.pytorch_utils.Conv1D`` for ``action: prune`` with the same
-    parameter names (``weight``, ``bias``) and layout, so its state_dict still loads.
+    parameter names (``weight``, ``bias``) and layout (``weight_layout = "conv1d"``, see
+    :mod:`tedepr_fx.layers.hf`), so its state_dict still loads.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+    weight_layout: WeightLayout = "conv1d"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.nf = out_features  # the attribute name Hugging Face code reads
@@ -213,10 +242,17 @@ class MaskedTransposedLinear(_MaskedDenseWeight, nn.Module):
 
     @classmethod
     def from_hf_conv1d(cls, conv1d: nn.Module) -> MaskedTransposedLinear:
-        nx, nf = conv1d.weight.shape
-        new = cls(nx, nf, bias=conv1d.bias is not None, device="meta")
-        new.weight = conv1d.weight
-        new.bias = conv1d.bias
+        """Wrap a Hugging Face ``Conv1D``'s own parameters (shared, not copied) with all-True masks."""
+        if not is_hf_conv1d(conv1d):
+            raise TypeError(f"MaskedTransposedLinear.from_hf_conv1d needs a Hugging Face Conv1D; "
+                            f"got {type(conv1d).__name__}")
+        # HF Conv1D registers both as nn.Parameter (is_hf_conv1d checked the weight)
+        weight = cast(nn.Parameter, conv1d.weight)
+        bias = cast("nn.Parameter | None", conv1d.bias)
+        nx, nf = weight.shape
+        new = cls(nx, nf, bias=bias is not None, device="meta")
+        new.weight = weight
+        new.bias = bias
         new.init_masks()
         return new
 

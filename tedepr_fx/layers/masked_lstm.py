@@ -8,9 +8,11 @@ with ``proj_size``), of every layer and direction, is prunable with a ``<name>_m
 from __future__ import annotations
 
 import math
+from typing import Any, overload
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from tedepr_fx.layers.masked import MaskedMixin
 
@@ -26,7 +28,7 @@ class MaskedLSTM(MaskedMixin, nn.LSTM):
     True
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # nn.LSTM's arguments
         super().__init__(*args, **kwargs)
         self._setup_masks()
 
@@ -58,7 +60,20 @@ class MaskedLSTM(MaskedMixin, nn.LSTM):
     def dense_params(self) -> int:
         return sum(getattr(self, n).numel() for n in self.prunable)
 
-    def forward(self, input, hx=None):  # noqa: A002 - nn.LSTM's own signature
+    @overload
+    def forward(
+        self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None  # noqa: A002
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None  # noqa: A002
+    ) -> tuple[PackedSequence, tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def forward(
+        self, input: torch.Tensor | PackedSequence,  # noqa: A002 - nn.LSTM's own signature
+        hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor | PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
         # nn.LSTM.forward hands self._flat_weights to the fused kernel: give it the masked
         # weights for this call only, so no graph outlives the call and deepcopy still works
         self._update_flat_weights()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import cast
 
 MAX_IMBALANCE = 2.0  # largest mode / smallest mode accepted without padding further
 
@@ -19,7 +20,7 @@ def _factorizations(n: int, d: int, smallest: int) -> list[tuple[int, ...]]:
     """All non-decreasing ``d``-tuples of factors ``>= smallest`` (and >= 2) whose product is ``n``."""
     if d == 1:
         return [(n,)] if n >= max(smallest, 2) else []
-    out = []
+    out: list[tuple[int, ...]] = []
     f = max(smallest, 2)
     while f ** d <= n:
         if n % f == 0:
@@ -105,3 +106,30 @@ def check_modes(features: int, modes: list[int] | tuple[int, ...], what: str) ->
             f"{what} {modes} multiply to {math.prod(modes)}, but the layer has {features} features"
         )
     return modes
+
+
+def select_modes(
+    modes: object, in_features: int, out_features: int
+) -> tuple[list[int], list[int], int, int]:
+    """The TT-matrix modes of a map ``in_features -> out_features``: ``(in_modes, out_modes, in_pad, out_pad)``.
+
+    ``modes`` is ``"auto"`` (or None: :func:`auto_modes`, may pad) or explicit
+    ``(in_modes, out_modes)`` that multiply to the feature counts (no padding). Shared by
+    every format with modes (tensor-train, tensor-ring).
+    """
+    if modes is None:
+        modes = "auto"
+    if isinstance(modes, str):
+        if modes != "auto":
+            raise ValueError(f"modes must be 'auto' or (in_modes, out_modes); got {modes!r}")
+        return auto_modes(in_features, out_features)
+    try:
+        # any object: unpacking checks the pair, check_modes the modes themselves
+        given_in, given_out = cast("tuple[list[int], list[int]]", modes)
+    except (TypeError, ValueError):
+        raise ValueError(f"modes must be 'auto' or (in_modes, out_modes); got {modes!r}") from None
+    in_modes = check_modes(in_features, given_in, "in_modes")
+    out_modes = check_modes(out_features, given_out, "out_modes")
+    if len(in_modes) != len(out_modes):
+        raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} must have the same length")
+    return in_modes, out_modes, 0, 0

@@ -14,61 +14,39 @@ Every core carries a boolean mask (:class:`~tedepr_fx.layers.masked.MaskedMixin`
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tt import tt_scratch_cores, tt_svd
+from tedepr_fx.formats.base import check_build_rank, check_init
+from tedepr_fx.formats.tt import decompose_tt_matrix, resolve_tt_ranks
 from tedepr_fx.layers.cache import EvalCache
 from tedepr_fx.layers.contraction import (
+    ContractionOrder,
     Groups,
-    Plan,
-    choose_plan,
+    choose_order,
     group_cores,
     tt_chain_apply,
     tt_flops,
 )
-from tedepr_fx.layers.masked import DenseWeightView, MaskedMixin, conv2d_output_hw
-from tedepr_fx.layers.modes import auto_modes, check_modes
-from tedepr_fx.layers.ranks import resolve_tt_ranks
-from tedepr_fx.ranks import RankSpec, check_rank_spec
+from tedepr_fx.layers.hf import WeightLayout, check_layout, linear_layout, to_layout, weight_in_out
+from tedepr_fx.layers.masked import (
+    DenseWeightView,
+    MaskedMixin,
+    PaddingMode,
+    Pair,
+    conv2d_output_hw,
+)
+from tedepr_fx.layers.modes import select_modes
+from tedepr_fx.ranks import RankSpec
 
 
-def _check_init(init: str) -> None:
-    if init not in ("scratch", "decompose"):
-        raise ValueError(f"init must be 'scratch' or 'decompose'; got {init!r}")
-
-
-def _check_rank(rank: RankSpec) -> RankSpec:
-    rank = check_rank_spec(rank)
-    if rank == "auto":
-        raise ValueError("rank 'auto' must be resolved from the budget before a TT layer is built")
-    return rank
-
-
-def resolve_modes(
-    modes, in_features: int, out_features: int
-) -> tuple[list[int], list[int], int, int]:
-    """``modes="auto"`` (or None) or ``(in_modes, out_modes)`` -> ``(in_modes, out_modes, in_pad, out_pad)``."""
-    if modes is None:
-        modes = "auto"
-    if isinstance(modes, str):
-        if modes != "auto":
-            raise ValueError(f"modes must be 'auto' or (in_modes, out_modes); got {modes!r}")
-        return auto_modes(in_features, out_features)
-    try:
-        in_modes, out_modes = modes
-    except (TypeError, ValueError):
-        raise ValueError(f"modes must be 'auto' or (in_modes, out_modes); got {modes!r}") from None
-    in_modes = check_modes(in_features, in_modes, "in_modes")
-    out_modes = check_modes(out_features, out_modes, "out_modes")
-    if len(in_modes) != len(out_modes):
-        raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} must have the same length")
-    return in_modes, out_modes, 0, 0
-
-
-def _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad, out_pad, n_ranks):
+def _check_layout(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int], in_features: int,
+                  out_features: int, in_pad: int, out_pad: int, n_ranks: int) -> None:
     if len(in_modes) != len(out_modes):
         raise ValueError(f"in_modes {list(in_modes)} and out_modes {list(out_modes)} differ in length")
     if math.prod(in_modes) != in_features + in_pad:
@@ -85,8 +63,9 @@ def _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad,
         raise ValueError(f"ranks must be {n_ranks} positive ints with ends 1; got {list(ranks)}")
 
 
-class _TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
-    """Shared machinery: masked TT-matrix cores ``core_{first}..`` and the eval-mode cache."""
+class TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
+    """Shared machinery of TT-matrix layers (tensor-train and tensor-ring): masked cores ``core_k``,
+    bias init and the eval-mode cache of merged cores."""
 
     _first_channel_core = 0
 
@@ -96,7 +75,8 @@ class _TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
         self.prunable = tuple(f"core_{k}" for k in range(len(cores)))
         self.init_masks()
 
-    def _init_bias(self, bias: bool, out_features: int, fan_in: int, device, dtype) -> None:
+    def _init_bias(self, bias: bool, out_features: int, fan_in: int,
+                   device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         """The dense layer's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); none on meta."""
         if not bias:
             self.register_parameter("bias", None)
@@ -116,7 +96,7 @@ class _TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
         )
 
 
-class TTLinear(_TTCores):
+class TTLinear(TTCores):
     """A linear layer whose weight is a TT-matrix (Novikov et al., NeurIPS 2015).
 
     Parameters
@@ -127,12 +107,13 @@ class TTLinear(_TTCores):
         ``d`` modes each, with ``prod(in_modes) == in_features + in_pad`` and
         ``prod(out_modes) == out_features + out_pad``.
     ranks : list[int]
-        ``d + 1`` TT ranks with ends 1 (see :func:`tedepr_fx.layers.ranks.resolve_tt_ranks`).
+        ``d + 1`` TT ranks with ends 1 (see :func:`tedepr_fx.formats.tt.resolve_tt_ranks`).
     bias : bool
         Whether the layer has a bias (not factorized, not prunable).
     weight_layout : {"linear", "conv1d"}
         The layout of the layer it replaces: ``nn.Linear`` (weight ``(out, in)``) or
-        Hugging Face ``Conv1D`` (weight ``(in, out)``); only ``to_dense`` differs.
+        Hugging Face ``Conv1D`` (weight ``(in, out)``, :mod:`tedepr_fx.layers.hf`); only
+        ``to_dense`` differs.
     in_pad, out_pad : int
         Zero input features appended / extra outputs dropped (see :func:`auto_modes`).
 
@@ -150,17 +131,16 @@ class TTLinear(_TTCores):
         out_modes: list[int],
         ranks: list[int],
         bias: bool = True,
-        weight_layout: str = "linear",
+        weight_layout: WeightLayout = "linear",
         in_pad: int = 0,
         out_pad: int = 0,
-        device=None,
-        dtype=None,
-    ):
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         in_modes, out_modes, ranks = list(in_modes), list(out_modes), list(ranks)
         _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad, out_pad, len(in_modes) + 1)
-        if weight_layout not in ("linear", "conv1d"):
-            raise ValueError(f"weight_layout must be 'linear' or 'conv1d'; got {weight_layout!r}")
+        weight_layout = check_layout(weight_layout)
         self.in_features, self.out_features = in_features, out_features
         self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, ranks
         self.in_pad, self.out_pad = in_pad, out_pad
@@ -191,14 +171,14 @@ class TTLinear(_TTCores):
                 f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}, "
                 f"bias={self.bias is not None}")
 
-    def contraction_plan(self, rows: int) -> tuple[Plan, int]:
-        """The plan ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
-        return choose_plan(rows, self.in_modes, self.out_modes, self.ranks)
+    def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
+        """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
+        return choose_order(rows, self.in_modes, self.out_modes, self.ranks)
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         """FLOPs of one forward (training mode: core merging included), bias excluded."""
         rows = math.prod(input_shape[:-1])
-        return self.contraction_plan(rows)[1]
+        return self.contraction_order(rows)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -207,7 +187,7 @@ class TTLinear(_TTCores):
         rows = x.reshape(-1, self.in_features)
         if self.in_pad:
             rows = F.pad(rows, (0, self.in_pad))
-        (direction, groups), _ = self.contraction_plan(rows.shape[0])
+        (direction, groups), _ = self.contraction_order(rows.shape[0])
         if self.out_pad:
             y = tt_chain_apply(rows, self._supercores(groups), direction)[:, : self.out_features]
             if self.bias is not None:
@@ -221,11 +201,11 @@ class TTLinear(_TTCores):
         with torch.no_grad():
             full = group_cores([self.masked(n) for n in self.prunable], (len(self.prunable),))[0]
             w_io = full.reshape(full.shape[1], full.shape[2])[: self.in_features, : self.out_features]
-            return w_io.clone() if self.weight_layout == "conv1d" else w_io.t().contiguous()
+            return to_layout(w_io, self.weight_layout)
 
     @classmethod
     def from_linear(
-        cls, module: nn.Module, rank: RankSpec, modes="auto", init: str = "scratch"
+        cls, module: nn.Module, rank: RankSpec, modes: object = "auto", init: str = "scratch"
     ) -> TTLinear:
         """A TT layer replacing ``nn.Linear`` or Hugging Face ``Conv1D``.
 
@@ -234,59 +214,36 @@ class TTLinear(_TTCores):
         module : nn.Linear or transformers Conv1D
             The layer to replace; may live on the ``meta`` device with ``init="scratch"``.
         rank : RankSpec
-            Resolved by :func:`tedepr_fx.layers.ranks.resolve_tt_ranks` (not ``"auto"``).
+            Resolved by :func:`tedepr_fx.formats.tt.resolve_tt_ranks` (not ``"auto"``).
         modes : "auto" or (in_modes, out_modes)
             ``"auto"``: :func:`tedepr_fx.layers.modes.auto_modes` (may pad).
         init : {"scratch", "decompose"}
             Variance-preserving random cores, or TT-SVD of the module's weight
             (Oseledets 2011); ``rank="full"`` with ``"decompose"`` is exact.
         """
-        _check_init(init)
-        rank = _check_rank(rank)
-        if isinstance(module, nn.Linear):
-            layout, in_f, out_f = "linear", module.in_features, module.out_features
-        elif type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2:
-            layout, (in_f, out_f) = "conv1d", tuple(module.weight.shape)
-        else:
-            raise TypeError(f"TTLinear.from_linear expects nn.Linear or transformers Conv1D; got {type(module).__name__}")
-        in_modes, out_modes, in_pad, out_pad = resolve_modes(modes, in_f, out_f)
+        init = check_init(init)
+        rank = check_build_rank(rank)
+        layout, in_f, out_f = linear_layout(module, "TTLinear.from_linear")
+        in_modes, out_modes, in_pad, out_pad = select_modes(modes, in_f, out_f)
         ranks = resolve_tt_ranks(rank, in_modes, out_modes)
-        weight = module.weight
-        new = cls(in_f, out_f, in_modes, out_modes, ranks, bias=module.bias is not None,
+        # nn.Linear / Conv1D (linear_layout checked): a weight Parameter, a bias Parameter or None
+        weight = cast(torch.Tensor, module.weight)
+        bias = cast("torch.Tensor | None", module.bias)
+        new = cls(in_f, out_f, in_modes, out_modes, ranks, bias=bias is not None,
                   weight_layout=layout, in_pad=in_pad, out_pad=out_pad,
                   device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
-            if module.bias is not None and weight.device.type != "meta":
-                new.bias.copy_(module.bias)
+            if bias is not None and weight.device.type != "meta":
+                new.bias.copy_(bias)
             if init == "decompose":
                 if weight.device.type == "meta":
                     raise ValueError("init='decompose' needs real weights; the module is on the meta device")
-                w_io = weight.t() if layout == "linear" else weight
-                cores = decompose_tt_matrix(w_io, in_modes, out_modes, ranks)
+                cores = decompose_tt_matrix(weight_in_out(module), in_modes, out_modes, ranks)
                 for k, core in enumerate(cores):
                     getattr(new, f"core_{k}").copy_(core)
         return new
 
-
-def decompose_tt_matrix(
-    w_io: torch.Tensor, in_modes: list[int], out_modes: list[int], ranks: list[int], extra: torch.Tensor | None = None
-) -> list[torch.Tensor]:
-    """TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` of a weight stored as ``(in, out)`` (zero-padded to the modes).
-
-    The weight is permuted once to ``(m_1 n_1, ..., m_d n_d)`` and given to :func:`tt_svd`
-    (Oseledets 2011); every intermediate is at most the (padded) weight's size.
-    """
-    d = len(in_modes)
-    big_m, big_n = math.prod(in_modes), math.prod(out_modes)
-    if tuple(w_io.shape) != (big_m, big_n):
-        w_io = F.pad(w_io, (0, big_n - w_io.shape[1], 0, big_m - w_io.shape[0]))
-    perm = [i for k in range(d) for i in (k, d + k)]
-    t = w_io.reshape(*in_modes, *out_modes).permute(*perm).reshape([m * n for m, n in zip(in_modes, out_modes)])
-    flat = tt_svd(t, ranks)
-    return [c.reshape(ranks[k], m, n, ranks[k + 1]) for k, (c, m, n) in enumerate(zip(flat, in_modes, out_modes))]
-
-
-class TTConv2d(_TTCores):
+class TTConv2d(TTCores):
     """A 2-d convolution whose kernel is a TT with the spatial kernel as an extra core.
 
     Garipov et al., "Ultimate tensorization: compressing convolutional and FC layers
@@ -309,20 +266,20 @@ class TTConv2d(_TTCores):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
+        kernel_size: int | Pair,
         in_modes: list[int],
         out_modes: list[int],
         ranks: list[int],
-        stride=1,
-        padding=0,
-        dilation=1,
+        stride: int | Pair = 1,
+        padding: int | Pair | str = 0,
+        dilation: int | Pair = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: PaddingMode = "zeros",
         in_pad: int = 0,
         out_pad: int = 0,
-        device=None,
-        dtype=None,
-    ):
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         in_modes, out_modes, ranks = list(in_modes), list(out_modes), list(ranks)
         _check_layout(in_modes, out_modes, ranks, in_channels, out_channels, in_pad, out_pad, len(in_modes) + 2)
@@ -360,15 +317,15 @@ class TTConv2d(_TTCores):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}")
 
-    def contraction_plan(self, input_shape: tuple[int, ...]) -> tuple[str, Plan, int]:
-        """``("factors", plan, flops)`` or ``("dense", plan, flops)`` for an input shape."""
+    def contraction_order(self, input_shape: tuple[int, ...]) -> tuple[str, ContractionOrder, int]:
+        """``("factors", order, flops)`` or ``("dense", order, flops)`` for an input shape."""
         batch = input_shape[0] if len(input_shape) == 4 else 1
         out_h, out_w = conv2d_output_hw(input_shape[-2:], self.kernel_size, self.stride,
                                         self.padding, self.dilation)
         khkw = self.kernel_size[0] * self.kernel_size[1]
         r0 = self.ranks[1]
         pixels = batch * out_h * out_w
-        plan, chain = choose_plan(pixels, self.in_modes, self.out_modes, self.ranks[1:])
+        order, chain = choose_order(pixels, self.in_modes, self.out_modes, self.ranks[1:])
         factors = 2 * batch * self.in_channels * out_h * out_w * r0 * khkw + chain
         d = len(self.in_modes)
         merge = tt_flops(0, self.in_modes, self.out_modes, self.ranks[1:], (d,))
@@ -376,10 +333,10 @@ class TTConv2d(_TTCores):
                  + 2 * pixels * self.out_channels * self.in_channels * khkw)
         if dense < factors:
             return "dense", ("ltr", (d,)), dense
-        return "factors", plan, factors
+        return "factors", order, factors
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
-        return self.contraction_plan(tuple(input_shape))[2]
+        return self.contraction_order(tuple(input_shape))[2]
 
     def _dense_kernel(self) -> torch.Tensor:
         d = len(self.in_modes)
@@ -390,7 +347,7 @@ class TTConv2d(_TTCores):
         w = channel.reshape(r0, -1).t() @ spatial.reshape(r0, -1)  # (Cin * Cout, kh * kw)
         return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1)
 
-    def _conv(self, x, weight, groups=1):
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, weight, None, self.stride, 0, self.dilation, groups)
@@ -402,7 +359,7 @@ class TTConv2d(_TTCores):
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"TTConv2d expects (N, {self.in_channels}, H, W) input; got {tuple(x.shape)}")
-        kind, (direction, groups), _ = self.contraction_plan(tuple(x.shape))
+        kind, (direction, groups), _ = self.contraction_order(tuple(x.shape))
         if kind == "dense":
             y = self._conv(x, self._dense_kernel())
         else:
@@ -436,7 +393,7 @@ class TTConv2d(_TTCores):
             return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1).contiguous()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: RankSpec, modes="auto", init: str = "scratch") -> TTConv2d:
+    def from_conv(cls, conv: nn.Conv2d, rank: RankSpec, modes: object = "auto", init: str = "scratch") -> TTConv2d:
         """A TT convolution replacing ``conv`` (``groups=1`` only).
 
         ``rank`` is resolved over the modes ``[kh*kw] + in_modes`` x ``[1] + out_modes``,
@@ -444,18 +401,20 @@ class TTConv2d(_TTCores):
         channels. ``init="decompose"`` runs TT-SVD (Oseledets 2011) on the kernel
         permuted to ``(kh*kw, m_1 n_1, ..., m_d n_d)``; ``rank="full"`` is exact.
         """
-        _check_init(init)
-        rank = _check_rank(rank)
+        init = check_init(init)
+        rank = check_build_rank(rank)
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"TTConv2d.from_conv expects nn.Conv2d; got {type(conv).__name__}")
         if conv.groups != 1:
             raise ValueError(f"TTConv2d supports groups=1 only; the convolution has groups={conv.groups}")
-        in_modes, out_modes, in_pad, out_pad = resolve_modes(modes, conv.in_channels, conv.out_channels)
+        in_modes, out_modes, in_pad, out_pad = select_modes(modes, conv.in_channels, conv.out_channels)
         kh, kw = conv.kernel_size
         ranks = resolve_tt_ranks(rank, [kh * kw] + in_modes, [1] + out_modes)
         weight = conv.weight
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, in_modes, out_modes, ranks,
-                  stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+        # torch types a Conv2d's geometry as tuple[int, ...]; a 2-d convolution's has two entries
+        new = cls(conv.in_channels, conv.out_channels, cast(Pair, conv.kernel_size), in_modes, out_modes, ranks,
+                  stride=cast(Pair, conv.stride), padding=cast("Pair | str", conv.padding),
+                  dilation=cast(Pair, conv.dilation),
                   bias=conv.bias is not None, padding_mode=conv.padding_mode,
                   in_pad=in_pad, out_pad=out_pad, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
@@ -479,7 +438,8 @@ class TTConv2d(_TTCores):
         return new
 
 
-def _conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw) -> list[torch.Tensor]:
+def _conv_cores_from_flat(flat: Sequence[torch.Tensor], ranks: Sequence[int], in_modes: Sequence[int],
+                          out_modes: Sequence[int], kh: int, kw: int) -> list[torch.Tensor]:
     """TT cores over ``(kh*kw, m_1 n_1, ...)`` -> spatial filter bank plus TT-matrix cores."""
     spatial = flat[0].reshape(kh * kw, ranks[1]).t().reshape(ranks[1], 1, kh, kw).contiguous()
     channel = [c.reshape(ranks[k + 1], m, n, ranks[k + 2])

@@ -9,20 +9,32 @@ recurrence itself is the standard LSTM (gate order i, f, g, o as in ``nn.LSTM``)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TypedDict, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tt import tt_scratch_cores
+from tedepr_fx.formats.base import check_build_rank, check_init
+from tedepr_fx.formats.tt import decompose_tt_matrix, resolve_tt_ranks
 from tedepr_fx.layers.cache import EvalCache
-from tedepr_fx.layers.contraction import choose_plan, group_cores, tt_chain_apply
+from tedepr_fx.layers.contraction import choose_order, group_cores, tt_chain_apply
 from tedepr_fx.layers.masked import MaskedMixin
-from tedepr_fx.layers.modes import auto_modes
-from tedepr_fx.layers.ranks import resolve_tt_ranks
-from tedepr_fx.layers.tt import _check_init, _check_rank, decompose_tt_matrix, resolve_modes
+from tedepr_fx.layers.modes import auto_modes, select_modes
 from tedepr_fx.ranks import RankSpec
+
+
+class TTMapSpec(TypedDict):
+    """One TT map of a :class:`TTLSTM`: its modes, ranks and padding (see :func:`auto_modes`)."""
+
+    in_modes: list[int]
+    out_modes: list[int]
+    ranks: list[int]
+    in_pad: int
+    out_pad: int
 
 
 class TTLSTM(EvalCache, MaskedMixin, nn.Module):
@@ -32,11 +44,11 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
     ----------
     input_size, hidden_size, num_layers, bias, batch_first, dropout
         As in ``nn.LSTM``.
-    maps : list[dict]
+    maps : list[TTMapSpec]
         For every TT map, ``{"in_modes", "out_modes", "ranks", "in_pad", "out_pad"}``:
         first the input-to-hidden map of each layer, then (if ``hidden_to_hidden``)
         the hidden-to-hidden map of each layer. Build with :meth:`from_lstm` or
-        :meth:`plan_maps`.
+        :meth:`resolve_maps`.
     hidden_to_hidden : bool
         Whether the hidden-to-hidden maps are TT too (else dense ``weight_hh_l{k}``).
 
@@ -49,7 +61,7 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
         self,
         input_size: int,
         hidden_size: int,
-        maps: list[dict],
+        maps: Sequence[TTMapSpec],
         num_layers: int = 1,
         bias: bool = True,
         batch_first: bool = False,
@@ -57,9 +69,9 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
         bidirectional: bool = False,
         proj_size: int = 0,
         hidden_to_hidden: bool = False,
-        device=None,
-        dtype=None,
-    ):
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if bidirectional:
             raise NotImplementedError("TTLSTM does not support bidirectional=True")
@@ -72,11 +84,11 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = False, 0
         self.hidden_to_hidden = hidden_to_hidden
-        self.maps = [dict(m) for m in maps]
+        self.maps = [TTMapSpec(**m) for m in maps]  # copies
         gate = 4 * hidden_size
         target_var = 1.0 / (3 * hidden_size)  # nn.LSTM: U(-1/sqrt(hidden), 1/sqrt(hidden))
         bound = 1.0 / math.sqrt(hidden_size)
-        prunable = []
+        prunable: list[str] = []
         for layer in range(num_layers):
             in_f = input_size if layer == 0 else hidden_size
             prunable += self._add_tt(f"ih_l{layer}", maps[layer], in_f, gate, target_var, device, dtype)
@@ -114,12 +126,13 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
             names += [f"hh_l{k}" for k in range(self.num_layers)]
         return names
 
-    def _add_tt(self, prefix, spec, in_f, out_f, target_var, device, dtype) -> list[str]:
+    def _add_tt(self, prefix: str, spec: TTMapSpec, in_f: int, out_f: int, target_var: float,
+                device: torch.device | str | None, dtype: torch.dtype | None) -> list[str]:
         in_modes, out_modes, ranks = spec["in_modes"], spec["out_modes"], spec["ranks"]
         if math.prod(in_modes) != in_f + spec["in_pad"] or math.prod(out_modes) != out_f + spec["out_pad"]:
             raise ValueError(f"{prefix}: modes {in_modes} -> {out_modes} do not match {in_f} -> {out_f} features")
         dims = [m * n for m, n in zip(in_modes, out_modes)]
-        names = []
+        names: list[str] = []
         for k, core in enumerate(tt_scratch_cores(dims, ranks, target_var, device=device, dtype=dtype)):
             name = f"{prefix}_core_{k}"
             setattr(self, name, nn.Parameter(core.reshape(ranks[k], in_modes[k], out_modes[k], ranks[k + 1])))
@@ -135,14 +148,14 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
     def _map_cores(self, prefix: str) -> list[str]:
         return [n for n in self.prunable if n.startswith(prefix + "_core_")]
 
-    def _tt_map(self, index: int, prefix: str, n_rows: int):
+    def _tt_map(self, index: int, prefix: str, n_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """``rows -> rows @ W`` for one TT map, its super-cores merged once for ``n_rows`` rows.
 
         The merge is reused by every call (the recurrence calls the hidden-to-hidden
         map once per time step) and, in eval mode without autograd, across forwards.
         """
         spec = self.maps[index]
-        (direction, groups), _ = choose_plan(n_rows, spec["in_modes"], spec["out_modes"], spec["ranks"])
+        (direction, groups), _ = choose_order(n_rows, spec["in_modes"], spec["out_modes"], spec["ranks"])
         names = self._map_cores(prefix)
         cores = self.cached(prefix, groups, names, lambda: group_cores([self.masked(n) for n in names], groups))
 
@@ -164,15 +177,17 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
         gate, total = 4 * self.hidden_size, 0
         for layer in range(self.num_layers):
             spec = self.maps[layer]
-            total += choose_plan(rows, spec["in_modes"], spec["out_modes"], spec["ranks"])[1]
+            total += choose_order(rows, spec["in_modes"], spec["out_modes"], spec["ranks"])[1]
             if self.hidden_to_hidden:
                 spec = self.maps[self.num_layers + layer]
-                total += steps * choose_plan(batch, spec["in_modes"], spec["out_modes"], spec["ranks"])[1]
+                total += steps * choose_order(batch, spec["in_modes"], spec["out_modes"], spec["ranks"])[1]
             else:
                 total += 2 * rows * gate * self.hidden_size
         return total
 
-    def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(
+        self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(1)
@@ -186,7 +201,8 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
         if hx is None:
             zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)
             hx = (zeros, zeros)
-        h_n, c_n = [], []
+        h_last: list[torch.Tensor] = []
+        c_last: list[torch.Tensor] = []
         seq = x
         for layer in range(self.num_layers):
             # the TT input map for every time step at once, then the recurrence
@@ -194,6 +210,7 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
             if self.bias:
                 gates_x = gates_x + getattr(self, f"bias_l{layer}")
             gates_x = gates_x.reshape(steps, batch, -1)
+            recurrent: Callable[[torch.Tensor], torch.Tensor]
             if self.hidden_to_hidden:
                 recurrent = self._tt_map(self.num_layers + layer, f"hh_l{layer}", batch)
             else:
@@ -207,11 +224,11 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
                 h = torch.sigmoid(o) * torch.tanh(c)
                 outs.append(h)
             seq = torch.stack(outs)
-            h_n.append(h)
-            c_n.append(c)
+            h_last.append(h)
+            c_last.append(c)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 seq = F.dropout(seq, self.dropout, training=True)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        h_n, c_n = torch.stack(h_last), torch.stack(c_last)
         if unbatched:
             return seq.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -243,31 +260,33 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
         return w_io[:in_f, : 4 * self.hidden_size].t()
 
     @staticmethod
-    def plan_maps(input_size, hidden_size, num_layers, rank, modes="auto", hidden_to_hidden=False) -> list[dict]:
+    def resolve_maps(input_size: int, hidden_size: int, num_layers: int, rank: RankSpec, modes: object = "auto",
+                     hidden_to_hidden: bool = False) -> list[TTMapSpec]:
         """Resolve modes and ranks of every TT map.
 
         Explicit ``modes`` (``(in_modes, out_modes)``) must fit ``ih_l0`` and apply to
         every other map of the same sizes too (``ih_l1..``, ``hh_l*`` when
         ``input_size == hidden_size``); the maps they do not fit get auto modes.
         """
-        rank = _check_rank(rank)
+        rank = check_build_rank(rank)
         gate = 4 * hidden_size
         sizes = [(input_size if k == 0 else hidden_size, gate) for k in range(num_layers)]
         if hidden_to_hidden:
             sizes += [(hidden_size, gate)] * num_layers
-        maps = []
+        maps: list[TTMapSpec] = []
         for in_f, out_f in sizes:
             if (in_f, out_f) == sizes[0]:
-                in_modes, out_modes, in_pad, out_pad = resolve_modes(modes, in_f, out_f)
+                in_modes, out_modes, in_pad, out_pad = select_modes(modes, in_f, out_f)
             else:
                 in_modes, out_modes, in_pad, out_pad = auto_modes(in_f, out_f)
             ranks = resolve_tt_ranks(rank, in_modes, out_modes)
-            maps.append(dict(in_modes=in_modes, out_modes=out_modes, ranks=ranks, in_pad=in_pad, out_pad=out_pad))
+            maps.append(TTMapSpec(in_modes=in_modes, out_modes=out_modes, ranks=ranks, in_pad=in_pad, out_pad=out_pad))
         return maps
 
     @classmethod
     def from_lstm(
-        cls, lstm: nn.LSTM, rank: RankSpec, modes="auto", init: str = "scratch", hidden_to_hidden: bool = False
+        cls, lstm: nn.LSTM, rank: RankSpec, modes: object = "auto", init: str = "scratch",
+        hidden_to_hidden: bool = False,
     ) -> TTLSTM:
         """A TT-LSTM replacing ``lstm`` (Yang et al., ICML 2017).
 
@@ -275,15 +294,16 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
         copies the dense hidden-to-hidden weights; ``rank="full"`` reproduces ``lstm``.
         Biases are copied as ``b_ih + b_hh`` for both inits.
         """
-        _check_init(init)
+        init = check_init(init)
+        rank = check_build_rank(rank)
         if not isinstance(lstm, nn.LSTM):
             raise TypeError(f"TTLSTM.from_lstm expects nn.LSTM; got {type(lstm).__name__}")
         if lstm.bidirectional:
             raise NotImplementedError("TTLSTM does not support bidirectional=True")
         if lstm.proj_size:
             raise NotImplementedError(f"TTLSTM does not support proj_size > 0; got proj_size={lstm.proj_size}")
-        maps = cls.plan_maps(lstm.input_size, lstm.hidden_size, lstm.num_layers, rank, modes, hidden_to_hidden)
-        ref = lstm.weight_ih_l0
+        maps = cls.resolve_maps(lstm.input_size, lstm.hidden_size, lstm.num_layers, rank, modes, hidden_to_hidden)
+        ref = cast(torch.Tensor, lstm.weight_ih_l0)  # registered by nn.LSTM at run time; undeclared in torch
         new = cls(lstm.input_size, lstm.hidden_size, maps, num_layers=lstm.num_layers, bias=lstm.bias,
                   batch_first=lstm.batch_first, dropout=lstm.dropout, hidden_to_hidden=hidden_to_hidden,
                   device=ref.device, dtype=ref.dtype)

@@ -21,95 +21,31 @@ True
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tucker import partial_tucker2, tucker2_scratch
+from tedepr_fx.formats.base import check_build_rank, check_init
+from tedepr_fx.formats.tucker import resolve_tucker_ranks
 from tedepr_fx.layers.cache import EvalCache
-from tedepr_fx.layers.masked import DenseWeightView, MaskedMixin, conv2d_output_hw
-from tedepr_fx.ranks import RankSpec, check_rank_spec
+from tedepr_fx.layers.hf import WeightLayout, check_layout, linear_layout, to_layout, weight_in_out
+from tedepr_fx.layers.masked import (
+    DenseWeightView,
+    MaskedMixin,
+    PaddingMode,
+    Pair,
+    conv2d_output_hw,
+)
+from tedepr_fx.ranks import RankSpec
 
 FACTORS = ("factor_out", "core", "factor_in")
+ORDERS = ("chain", "merge_out", "merge_in", "dense_via_in", "dense_via_out")
 
 
-def tucker_max_ranks(dims: tuple[int, ...]) -> list[int]:
-    """Exact (largest useful) Tucker-2 ranks of a weight of shape ``dims = (out, in, *kernel)``.
-
-    The rank of mode ``k`` is at most the rank of its unfolding, ``min(dims[k], prod(dims) / dims[k])``
-    (De Lathauwer et al., SIAM J. Matrix Anal. Appl. 21(4), 2000).
-    """
-    total = math.prod(dims)
-    return [min(dims[k], total // dims[k]) for k in (0, 1)]
-
-
-def tucker_params(dims: tuple[int, ...], ranks: list[int]) -> int:
-    """Entries of ``U_out``, ``core`` and ``U_in`` for a weight of shape ``dims``."""
-    kernel = math.prod(dims[2:])
-    return dims[0] * ranks[0] + ranks[0] * ranks[1] * kernel + dims[1] * ranks[1]
-
-
-def resolve_tucker_ranks(spec: RankSpec, dims: tuple[int, ...]) -> list[int]:
-    """Resolve a rank spec into Tucker-2 ranks ``[r_out, r_in]`` for a weight of shape ``dims``.
-
-    Parameters
-    ----------
-    spec : RankSpec
-        ``int``: both modes get ``min(spec, exact rank of the mode)``; an int above both
-        exact ranks is an error. ``[r_out, r_in]``: each at most its exact rank. ``float``
-        in (0, 1]: the largest ranks, proportional to the exact ranks, whose factors hold at
-        most that share of ``prod(dims)`` (at least ``[1, 1]``), as tensorly's
-        ``validate_tucker_rank`` does. ``"full"``: the exact ranks (the factorization then
-        reproduces the weight). ``"auto"`` must be resolved by the caller.
-    dims : tuple[int, ...]
-        The dense weight's shape ``(out, in, *kernel)``; modes 0 and 1 are factorized, the
-        kernel modes stay in the core.
-
-    Raises
-    ------
-    ValueError
-        For a bad spec, ``"auto"``, a list that is not two entries long, or a rank above the
-        exact rank (``"rank N exceeds the largest useful rank M ..."``).
-    """
-    spec = check_rank_spec(spec)
-    dims = tuple(int(d) for d in dims)
-    if len(dims) < 2 or min(dims) < 1:
-        raise ValueError(f"dims must be (out, in, *kernel) with positive sizes; got {dims}")
-    bounds = tucker_max_ranks(dims)
-    if spec == "auto":
-        raise ValueError("rank 'auto' must be resolved from the budget before a layer is built")
-    if spec == "full":
-        return bounds
-    if isinstance(spec, list):
-        if len(spec) != 2:
-            raise ValueError(f"a Tucker-2 rank list must be [r_out, r_in] (2 entries); got {spec}")
-        for mode, (r, bound) in enumerate(zip(spec, bounds)):
-            if r > bound:
-                raise ValueError(
-                    f"rank {r} exceeds the largest useful rank {bound} of Tucker mode {mode} "
-                    f"of a weight of shape {dims}"
-                )
-        return list(spec)
-    if isinstance(spec, int):
-        if spec > max(bounds):
-            raise ValueError(
-                f"rank {spec} exceeds the largest useful rank {max(bounds)} of a Tucker-2 "
-                f"factorization of a weight of shape {dims}"
-            )
-        return [min(spec, b) for b in bounds]
-    budget = spec * math.prod(dims)
-    best = [1, 1]
-    top = max(bounds)
-    for r in range(1, top + 1):  # stored count grows with r: the last fit is the largest
-        ranks = [max(1, min(b, round(r * b / top))) for b in bounds]
-        if tucker_params(dims, ranks) > budget:
-            break
-        best = ranks
-    return best
-
-
-def _plan_costs(
+def _order_costs(
     dims: tuple[int, ...], ranks: list[int], rows_in: int, rows_out: int
 ) -> dict[str, int]:
     """FLOPs (2 x multiply-adds) of every pairwise contraction order of (x, U_in, core, U_out).
@@ -136,48 +72,83 @@ def _plan_costs(
 
 
 def _choose(costs: dict[str, int]) -> tuple[str, int]:
-    plan = min(costs, key=lambda name: (costs[name], name != "chain"))  # ties: the plain chain
-    return plan, costs[plan]
+    order = min(costs, key=lambda name: (costs[name], name != "chain"))  # ties: the plain chain
+    return order, costs[order]
 
 
 class _Tucker2Base(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
-    """Shared state of the Tucker-2 layers: factors, masks, plan choice and eval-mode cache."""
+    """Shared state of the Tucker-2 layers: factors, masks, contraction order and eval-mode cache."""
 
     prunable = FACTORS
 
-    def _init_factors(
-        self, dims: tuple[int, ...], ranks: list[int], factors, bias: torch.Tensor | None
-    ) -> None:
+    def _init_factors(self, dims: tuple[int, ...], ranks: list[int], bias: bool,
+                      device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        """Scratch factors whose rebuilt weight has the dense default init's variance, and the bias.
+
+        PyTorch's default ``kaiming_uniform_(a=sqrt(5))`` of ``nn.Linear`` / ``nn.Conv2d`` has
+        ``Var = 1 / (3 fan_in)`` (:func:`tucker2_scratch`); the bias is U(-1/sqrt(fan_in),
+        1/sqrt(fan_in)) as theirs. Nothing is allocated on the meta device.
+        """
         self.dims = tuple(dims)
         self.ranks = list(ranks)
-        factor_out, core, factor_in = factors
+        fan_in = math.prod(self.dims[1:])
+        factor_out, core, factor_in = tucker2_scratch(
+            self.dims, self.ranks, 1.0 / (3 * fan_in), device=device,
+            dtype=dtype if dtype is not None else torch.get_default_dtype())
         self.factor_out = nn.Parameter(factor_out)
         self.core = nn.Parameter(core)
         self.factor_in = nn.Parameter(factor_in)
-        self.bias = None if bias is None else nn.Parameter(bias)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.dims[0], device=device, dtype=factor_out.dtype))
+            if self.bias.device.type != "meta":
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
         self.init_masks()
         self.tedepr_info = {"format": "tucker", "ranks": list(ranks), "dims": list(dims)}
+
+    @torch.no_grad()
+    def _copy_from(self, weight: torch.Tensor, bias: torch.Tensor | None, init: str) -> None:
+        """Copy the source layer's bias, and with ``init="decompose"`` its partial HOSVD.
+
+        ``weight`` is the dense weight as ``(out, in, *kernel)``.
+        """
+        if init == "decompose":
+            if weight.device.type == "meta":
+                raise ValueError("init='decompose' needs a real weight; the source layer is on the meta device")
+            for name, factor in zip(FACTORS, partial_tucker2(weight.detach(), self.ranks)):
+                getattr(self, name).copy_(factor)
+        if bias is not None and self.bias is not None and bias.device.type != "meta":
+            self.bias.copy_(bias)
 
     @property
     def dense_params(self) -> int:
         return math.prod(self.dims)
 
-    def _merged(self, plan: str) -> torch.Tensor:
-        """The merged operand a plan needs: ``(r_out, in, *k)``, ``(out, r_in, *k)`` or ``(out, in, *k)``."""
+    def _merged(self, order: str) -> torch.Tensor:
+        """The merged operand an order needs: ``(r_out, in, *k)``, ``(out, r_in, *k)`` or ``(out, in, *k)``."""
         u_out, core, u_in = (self.masked(n) for n in FACTORS)
-        if plan == "merge_in":
-            return torch.tensordot(core, u_in, dims=([1], [1])).movedim(-1, 1)
-        if plan == "merge_out":
-            return torch.tensordot(u_out, core, dims=1)
-        if plan == "dense_via_in":
+        # torch.tensordot is unannotated: the results are named to give them their type
+        out: torch.Tensor
+        if order == "merge_in":
+            out = torch.tensordot(core, u_in, dims=([1], [1])).movedim(-1, 1)
+            return out
+        if order == "merge_out":
+            out = torch.tensordot(u_out, core, dims=1)
+            return out
+        merged: torch.Tensor
+        if order == "dense_via_in":
             merged = torch.tensordot(core, u_in, dims=([1], [1])).movedim(-1, 1)
-            return torch.tensordot(u_out, merged, dims=1)
+            out = torch.tensordot(u_out, merged, dims=1)
+            return out
         merged = torch.tensordot(u_out, core, dims=1)
-        return torch.tensordot(merged, u_in, dims=([1], [1])).movedim(-1, 1)
+        out = torch.tensordot(merged, u_in, dims=([1], [1])).movedim(-1, 1)
+        return out
 
-    def _cached_merged(self, plan: str) -> torch.Tensor:
-        """``_merged(plan)``, reused in eval mode without autograd until a factor or mask changes."""
-        return self.cached("merged", plan, FACTORS, lambda: self._merged(plan))
+    def _cached_merged(self, order: str) -> torch.Tensor:
+        """``_merged(order)``, reused in eval mode without autograd until a factor or mask changes."""
+        return self.cached("merged", order, FACTORS, lambda: self._merged(order))
 
     def to_dense(self) -> torch.Tensor:
         with torch.no_grad():
@@ -187,49 +158,24 @@ class _Tucker2Base(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
         return f"dims={self.dims}, ranks={self.ranks}, bias={self.bias is not None}"
 
 
-def _check_init(init: str, rank: RankSpec) -> RankSpec:
-    if init not in ("scratch", "decompose"):
-        raise ValueError(f"init must be 'scratch' or 'decompose'; got {init!r}")
-    rank = check_rank_spec(rank)
-    if rank == "auto":
-        raise ValueError("rank 'auto' must be resolved from the budget before a layer is built")
-    return rank
-
-
-def _is_transposed_linear(module: nn.Module) -> bool:
-    # Hugging Face Conv1D: a linear layer storing its weight as (in, out); duck-typed so that
-    # transformers is never imported here
-    return (
-        not isinstance(module, nn.Linear)
-        and type(module).__name__ == "Conv1D"
-        and hasattr(module, "nf")
-        and getattr(module, "weight", None) is not None
-        and module.weight.dim() == 2
-    )
-
-
-def _factors_for(
-    weight: torch.Tensor, dims: tuple[int, ...], ranks: list[int], init: str, fan_in: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if init == "decompose":
-        if weight.device.type == "meta":
-            raise ValueError("init='decompose' needs a real weight; the source layer is on the meta device")
-        return partial_tucker2(weight, ranks)
-    # PyTorch's default kaiming_uniform_(a=sqrt(5)) has Var = 1 / (3 fan_in)
-    return tucker2_scratch(dims, ranks, 1.0 / (3 * fan_in), device=weight.device, dtype=weight.dtype)
-
-
-def _copy_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    return None if bias is None else bias.detach().clone()
-
-
 class TuckerLinear(_Tucker2Base):
     """A linear layer with weight ``U_out @ core @ U_in.T`` (the matrix case of Tucker-2).
 
-    Parameters ``factor_out`` ``(out, r_out)``, ``core`` ``(r_out, r_in)``, ``factor_in``
-    ``(in, r_in)`` and ``bias`` ``(out,)``; each factor has a boolean mask. ``transposed``
-    records that the original stored its weight as ``(in, out)`` (Hugging Face ``Conv1D``),
-    which is the layout :meth:`to_dense` returns then.
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of the dense map.
+    ranks : list[int]
+        ``[r_out, r_in]`` (see :func:`tedepr_fx.formats.tucker.resolve_tucker_ranks`).
+    bias : bool
+        Whether the layer has a bias (not factorized, not prunable).
+    weight_layout : {"linear", "conv1d"}
+        The layout of the layer it replaces (:mod:`tedepr_fx.layers.hf`); only
+        :meth:`to_dense` differs.
+
+    Tensors ``factor_out`` ``(out, r_out)``, ``core`` ``(r_out, r_in)``, ``factor_in``
+    ``(in, r_in)`` and ``bias`` ``(out,)``; each factor has a boolean mask. The constructor
+    draws scratch factors; :meth:`from_linear` builds from a dense layer.
     """
 
     def __init__(
@@ -237,15 +183,18 @@ class TuckerLinear(_Tucker2Base):
         in_features: int,
         out_features: int,
         ranks: list[int],
-        factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        bias: torch.Tensor | None = None,
-        transposed: bool = False,
-    ):
+        bias: bool = True,
+        weight_layout: WeightLayout = "linear",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.transposed = transposed
-        self._init_factors((out_features, in_features), ranks, factors, bias)
-        self.tedepr_info["transposed"] = transposed
+        self.weight_layout = check_layout(weight_layout)
+        if self.weight_layout == "conv1d":
+            self.nf = out_features  # the attribute Hugging Face code reads
+        self._init_factors((out_features, in_features), list(ranks), bias, device, dtype)
+        self.tedepr_info["weight_layout"] = self.weight_layout
 
     @classmethod
     def from_linear(
@@ -253,92 +202,92 @@ class TuckerLinear(_Tucker2Base):
     ) -> TuckerLinear:
         """Build from an ``nn.Linear`` or a Hugging Face ``Conv1D`` (weight ``(in, out)``).
 
-        ``modes`` is accepted for a uniform builder signature and ignored (Tucker has none).
-        ``init="scratch"`` draws variance-preserving factors (:func:`tucker2_scratch`);
-        ``init="decompose"`` takes the partial HOSVD of the weight (:func:`partial_tucker2`).
-        The bias is copied either way.
+        ``modes`` must be ``"auto"`` (Tucker has none). ``init="scratch"`` draws
+        variance-preserving factors (:func:`tucker2_scratch`); ``init="decompose"`` takes
+        the partial HOSVD of the weight (:func:`partial_tucker2`). The bias is copied
+        either way.
         """
-        rank = _check_init(init, rank)
-        transposed = _is_transposed_linear(module)
-        if not transposed and not isinstance(module, nn.Linear):
-            raise TypeError(
-                f"TuckerLinear.from_linear needs an nn.Linear or a Hugging Face Conv1D; got {type(module).__name__}"
-            )
-        weight = module.weight.t() if transposed else module.weight
-        out_f, in_f = weight.shape
+        init = check_init(init)
+        rank = check_build_rank(rank)
+        if modes not in (None, "auto"):
+            raise ValueError(f"format 'tucker' has no modes; got modes={modes!r}")
+        layout, in_f, out_f = linear_layout(module, "TuckerLinear.from_linear")
         ranks = resolve_tucker_ranks(rank, (out_f, in_f))
-        factors = _factors_for(weight.detach(), (out_f, in_f), ranks, init, fan_in=in_f)
-        return cls(in_f, out_f, ranks, factors, _copy_bias(module.bias), transposed=transposed)
+        weight = weight_in_out(module)  # checked a tensor by linear_layout; a detached view
+        bias = cast("torch.Tensor | None", module.bias)  # nn.Linear / Conv1D: a Parameter or None
+        new = cls(in_f, out_f, ranks, bias=bias is not None, weight_layout=layout,
+                  device=weight.device, dtype=weight.dtype)
+        new._copy_from(weight.t(), bias, init)
+        return new
 
-    def plan_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
-        """FLOPs of every contraction order for an input of this shape (see :func:`_plan_costs`)."""
+    def order_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+        """FLOPs of every contraction order for an input of this shape (see :func:`_order_costs`)."""
         if input_shape[-1] != self.in_features:
             raise ValueError(f"input has {input_shape[-1]} features, the layer expects {self.in_features}")
         rows = math.prod(input_shape[:-1])
-        return _plan_costs(self.dims, self.ranks, rows, rows)
+        return _order_costs(self.dims, self.ranks, rows, rows)
 
-    def choose_plan(self, input_shape: tuple[int, ...]) -> str:
-        return _choose(self.plan_costs(input_shape))[0]
+    def choose_order(self, input_shape: tuple[int, ...]) -> str:
+        """The contraction order (one of :data:`ORDERS`) with the fewest FLOPs for this input."""
+        return _choose(self.order_costs(input_shape))[0]
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         """FLOPs of one forward in the order the forward picks (rebuilds included; no bias)."""
-        return _choose(self.plan_costs(input_shape))[1]
+        return _choose(self.order_costs(input_shape))[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self.choose_plan(tuple(x.shape))
-        if plan == "chain":
+        order = self.choose_order(tuple(x.shape))
+        if order == "chain":
             h = F.linear(x, self.masked("factor_in").t())
             h = F.linear(h, self.masked("core"))
             return F.linear(h, self.masked("factor_out"), self.bias)
-        merged = self._cached_merged(plan)
-        if plan == "merge_in":
+        merged = self._cached_merged(order)
+        if order == "merge_in":
             return F.linear(F.linear(x, merged), self.masked("factor_out"), self.bias)
-        if plan == "merge_out":
+        if order == "merge_out":
             return F.linear(F.linear(x, self.masked("factor_in").t()), merged, self.bias)
         return F.linear(x, merged, self.bias)
 
     def to_dense(self) -> torch.Tensor:
-        weight = super().to_dense()
-        return weight.t().contiguous() if self.transposed else weight
+        """Effective (masked) weight: ``(out, in)`` for the linear layout, ``(in, out)`` for conv1d."""
+        return to_layout(super().to_dense().t(), self.weight_layout)
 
 
 class Tucker2Conv2d(_Tucker2Base):
     """A 2-d convolution computed as 1x1 (in -> r_in), kxk (r_in -> r_out), 1x1 (r_out -> out).
 
-    Parameters ``factor_out`` ``(out, r_out)``, ``core`` ``(r_out, r_in, kh, kw)``,
+    Tensors ``factor_out`` ``(out, r_out)``, ``core`` ``(r_out, r_in, kh, kw)``,
     ``factor_in`` ``(in, r_in)`` and ``bias``; stride, padding, dilation and ``padding_mode``
     of the original convolution act on the core convolution (the 1x1 maps commute with any
     padding mode, since they mix channels only and have no bias before the last one).
-    ``groups > 1`` is not supported (see :meth:`from_conv`).
+    ``groups > 1`` is not supported (see :meth:`from_conv`). The constructor draws scratch
+    factors (``ranks`` is ``[r_out, r_in]``); :meth:`from_conv` builds from a convolution.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: tuple[int, int],
+        kernel_size: int | tuple[int, int],
         ranks: list[int],
-        factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        bias: torch.Tensor | None = None,
         *,
-        stride: tuple[int, int] = (1, 1),
-        padding: tuple[int, int] | str = (0, 0),
-        dilation: tuple[int, int] = (1, 1),
-        padding_mode: str = "zeros",
-    ):
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = tuple(kernel_size)
-        self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
-        if not isinstance(padding, str):
-            self.padding = tuple(padding)
-        self.padding_mode = padding_mode
-        # the same padding arithmetic as nn.Conv2d, so 'same' and non-zero modes match it
-        self._reversed_padding = nn.Conv2d(
-            1, 1, self.kernel_size, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, device="meta",
-        )._reversed_padding_repeated_twice
-        self._init_factors((out_channels, in_channels, *self.kernel_size), ranks, factors, bias)
+        # a meta conv computes the canonical attributes (tuples, 'same' padding amounts) for us
+        ref = nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                        padding_mode=padding_mode, device="meta")
+        self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
+        self.dilation, self.padding_mode = ref.dilation, ref.padding_mode
+        self._reversed_padding = list(ref._reversed_padding_repeated_twice)
+        self._init_factors((out_channels, in_channels, *self.kernel_size), list(ranks), bias, device, dtype)
         self.tedepr_info["kernel_size"] = list(self.kernel_size)
 
     @classmethod
@@ -347,7 +296,7 @@ class Tucker2Conv2d(_Tucker2Base):
     ) -> Tucker2Conv2d:
         """Build from an ``nn.Conv2d`` (same stride, padding, dilation, padding_mode, bias).
 
-        ``modes`` is ignored (uniform builder signature). ``init`` as in
+        ``modes`` must be ``"auto"`` (Tucker has none). ``init`` as in
         :meth:`TuckerLinear.from_linear`.
 
         Raises
@@ -357,7 +306,10 @@ class Tucker2Conv2d(_Tucker2Base):
             channels, which a Tucker-2 chain with dense 1x1 factors cannot keep without
             losing the grouping; such layers hold few weights and are better pruned.
         """
-        rank = _check_init(init, rank)
+        init = check_init(init)
+        rank = check_build_rank(rank)
+        if modes not in (None, "auto"):
+            raise ValueError(f"format 'tucker' has no modes; got modes={modes!r}")
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"Tucker2Conv2d.from_conv needs an nn.Conv2d; got {type(conv).__name__}")
         if conv.groups != 1:
@@ -365,17 +317,18 @@ class Tucker2Conv2d(_Tucker2Base):
                 f"Tucker2Conv2d cannot represent a grouped convolution: groups={conv.groups} "
                 f"(rank {rank!r} requested); use action: prune (or format: tt) for this layer"
             )
-        dims = tuple(conv.weight.shape)
-        ranks = resolve_tucker_ranks(rank, dims)
-        fan_in = conv.in_channels * math.prod(conv.kernel_size)
-        factors = _factors_for(conv.weight.detach(), dims, ranks, init, fan_in=fan_in)
-        return cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, ranks, factors,
-            _copy_bias(conv.bias), stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, padding_mode=conv.padding_mode,
+        ranks = resolve_tucker_ranks(rank, tuple(conv.weight.shape))
+        # torch types a Conv2d's geometry as tuple[int, ...]; a 2-d convolution's has two entries
+        new = cls(
+            conv.in_channels, conv.out_channels, cast(Pair, conv.kernel_size), ranks,
+            stride=cast(Pair, conv.stride), padding=cast("Pair | str", conv.padding),
+            dilation=cast(Pair, conv.dilation), bias=conv.bias is not None,
+            padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
         )
+        new._copy_from(conv.weight, conv.bias, init)
+        return new
 
-    def plan_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+    def order_costs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
         """FLOPs of every contraction order for an input ``(N, C, H, W)`` or ``(C, H, W)``."""
         if len(input_shape) not in (3, 4) or input_shape[-3] != self.in_channels:
             raise ValueError(
@@ -386,14 +339,15 @@ class Tucker2Conv2d(_Tucker2Base):
             input_shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation
         )
         rows_in = batch * input_shape[-2] * input_shape[-1]
-        return _plan_costs(self.dims, self.ranks, rows_in, batch * out_h * out_w)
+        return _order_costs(self.dims, self.ranks, rows_in, batch * out_h * out_w)
 
-    def choose_plan(self, input_shape: tuple[int, ...]) -> str:
-        return _choose(self.plan_costs(input_shape))[0]
+    def choose_order(self, input_shape: tuple[int, ...]) -> str:
+        """The contraction order (one of :data:`ORDERS`) with the fewest FLOPs for this input."""
+        return _choose(self.order_costs(input_shape))[0]
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         """FLOPs of one forward in the order the forward picks (rebuilds included; no bias)."""
-        return _choose(self.plan_costs(input_shape))[1]
+        return _choose(self.order_costs(input_shape))[1]
 
     def _spatial(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -409,14 +363,14 @@ class Tucker2Conv2d(_Tucker2Base):
         return self._contract(x)
 
     def _contract(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self.choose_plan(tuple(x.shape))
-        if plan in ("chain", "merge_out"):
+        order = self.choose_order(tuple(x.shape))
+        if order in ("chain", "merge_out"):
             x = _pointwise(x, self.masked("factor_in").t(), None)
-        if plan == "chain":
+        if order == "chain":
             h = self._spatial(x, self.masked("core"), None)
             return _pointwise(h, self.masked("factor_out"), self.bias)
-        merged = self._cached_merged(plan)
-        if plan == "merge_in":
+        merged = self._cached_merged(order)
+        if order == "merge_in":
             return _pointwise(self._spatial(x, merged, None), self.masked("factor_out"), self.bias)
         return self._spatial(x, merged, self.bias)
 

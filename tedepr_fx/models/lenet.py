@@ -53,7 +53,8 @@ class LeNet300100(nn.Module):
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
-        return self.fc3(x)
+        logits: torch.Tensor = self.fc3(x)
+        return logits
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A random input batch of shape ``(batch, in_features)``."""
@@ -101,7 +102,8 @@ class LeNet5(nn.Module):
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
-        return self.fc3(x)
+        logits: torch.Tensor = self.fc3(x)
+        return logits
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A random input batch of shape ``(batch, in_channels, image_size, image_size)``."""

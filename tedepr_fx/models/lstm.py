@@ -50,10 +50,13 @@ class LSTMClassifier(nn.Module):
         self.fc = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor
         if self.batch_first:
             x = x.reshape(x.shape[0], -1, self.input_size)
-            return self.fc(self.lstm(x)[0][:, -1])
-        return self.fc(self.lstm(x)[0][-1])
+            logits = self.fc(self.lstm(x)[0][:, -1])
+        else:
+            logits = self.fc(self.lstm(x)[0][-1])
+        return logits
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A random input of shape ``(batch, seq_len, input_size)`` (or ``(seq_len, batch, ...)``)."""

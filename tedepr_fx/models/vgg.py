@@ -68,7 +68,8 @@ class VGG11(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        return self.classifier(torch.flatten(x, 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(x, 1))
+        return logits
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A random input batch of shape ``(batch, in_channels, 32, 32)``."""

@@ -90,7 +90,8 @@ class ViT(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
         x = self.norm(self.encoder(x))
-        return self.head(x[:, 0])
+        logits: torch.Tensor = self.head(x[:, 0])
+        return logits
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A random input batch of shape ``(batch, in_channels, image_size, image_size)``."""
@@ -149,7 +150,8 @@ class TinyTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1, self.in_features)
         x = self.encoder(self.proj(x))
-        return self.head(x.mean(dim=1))
+        logits: torch.Tensor = self.head(x.mean(dim=1))
+        return logits
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A random input batch of shape ``(batch, seq_len, in_features)``."""

@@ -1,7 +1,7 @@
 """The factorize pass: put the module each decision asks for in the layer's place.
 
-``action: factorize`` builds the TT / Tucker module of the registry (from scratch
-or decomposed from the layer's weight); ``action: prune`` builds the masked dense
+``action: factorize`` builds the layer of the rule's format (:mod:`tedepr_fx.formats`,
+from scratch or decomposed from the layer's weight); ``action: prune`` builds the masked dense
 module. ``rank: auto`` is resolved here from the layer's budget: the largest
 uniform rank whose factors hold at most ``auto_rank_multiple`` times the entries
 the budget keeps, so that fine-grained pruning has room to choose.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from torch import nn
 
 from tedepr_fx.errors import LayerError
+from tedepr_fx.formats.base import get_format
 from tedepr_fx.passes.match import Decision
-from tedepr_fx.utils import meta_copy
 
 DEFAULT_AUTO_RANK_MULTIPLE = 4.0
 
@@ -34,32 +34,23 @@ def factorize(decisions: list[Decision], *, auto_rank_multiple: float = DEFAULT_
 
 
 def build(decision: Decision, module: nn.Module, auto_rank_multiple: float) -> nn.Module:
+    """The module replacing ``module``: the masked dense layer (prune) or the format's layer."""
     kind = decision.site.kind
     if decision.action == "prune":
-        new = kind.builders["prune"](module)
-        info = {"format": "dense"}
-    else:
-        rank = decision.rank
-        if rank == "auto":
-            rank = resolve_auto_rank(decision, module, auto_rank_multiple)
-        new = kind.builders[decision.format](module, rank, decision.modes or "auto", decision.init)
-        info = dict(getattr(new, "tedepr_info", {}))
-    info.update({
-        "name": decision.name,
-        "rule": decision.rule_name,
-        "action": decision.action,
-        "old_type": decision.old_type,
-        "how": decision.site.how,
-        "dense_shape": list(decision.dense_shape),
-        "init": decision.init if decision.action == "factorize" else None,
-    })
-    new.tedepr_info = info
-    decision.record.update({k: info[k] for k in ("ranks", "in_modes", "out_modes") if k in info})
-    return new
+        return kind.build_masked(module)
+    if decision.format is None or decision.rank is None:
+        raise LayerError(decision.name, "action: factorize needs a format and a rank", decision.rule_name)
+    rank = decision.rank
+    if rank == "auto":
+        rank = resolve_auto_rank(decision, decision.format, module, auto_rank_multiple)
+    return kind.build(decision.format, module, rank, decision.modes or "auto", decision.init)
 
 
-def resolve_auto_rank(decision: Decision, module: nn.Module, multiple: float) -> int:
-    """Largest uniform rank whose stored factors fit ``multiple`` x the layer's budget (at least 1)."""
+def resolve_auto_rank(decision: Decision, format_name: str, module: nn.Module, multiple: float) -> int:
+    """Largest uniform rank whose stored factors fit ``multiple`` x the layer's budget (at least 1).
+
+    The budget checks live here; the search is the format's (:meth:`Format.auto_rank`).
+    """
     budget = decision.budget
     if budget is None:
         raise LayerError(decision.name, "rank: auto needs a budget (defaults.budget or the rule's budget)",
@@ -67,24 +58,6 @@ def resolve_auto_rank(decision: Decision, module: nn.Module, multiple: float) ->
     if budget.of != "dense":
         raise LayerError(decision.name, "rank: auto needs a budget counted 'of: dense'", decision.rule_name)
     target = multiple * budget.target_density * decision.dense_params
-    builder = decision.site.kind.builders[decision.format]
-    probe = meta_copy(module)
-
-    def stored(rank) -> int | None:
-        try:
-            return builder(probe, rank, decision.modes or "auto", "scratch").stored_params()
-        except ValueError:
-            return None
-
-    full = builder(probe, "full", decision.modes or "auto", "scratch")
-    high = max(full.tedepr_info.get("ranks", [1]))
-    low = 1
-    while low < high:  # stored(rank) grows with rank: binary search for the last rank that fits
-        mid = (low + high + 1) // 2
-        count = stored(mid)
-        if count is not None and count <= target:
-            low = mid
-        else:
-            high = mid - 1
-    decision.record["auto_rank"] = low
+    low = get_format(format_name).auto_rank(decision.site.kind.name, module, decision.modes or "auto", target)
+    decision.auto_rank = low
     return low

@@ -1,19 +1,20 @@
 """The match pass: for every layer site, the first rule in file order whose selector accepts it.
 
-Each decision is recorded in the fx node's ``meta["tedepr"]`` when the layer is a
-node of a traced region, and always in :attr:`Decision.record` (the module-swap
-equivalent), from which the plan and the report are built.
+A :class:`Decision` is the working state the later passes read (the rule, its
+resolved budget and factorization); what ends up in the plan and the report is the
+:class:`~tedepr_fx.record.LayerRecord` built from it once the rewrite is done.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from tedepr_fx.capture import Captured, LayerSite
 from tedepr_fx.errors import LayerError, RuleError
 from tedepr_fx.handlers import type_names
+from tedepr_fx.ranks import RankSpec
+from tedepr_fx.rules import Budget, Rule, RuleSet
 
 # type names a functional call answers to, besides the module kind's own
 _FUNCTIONAL_NAMES = {
@@ -27,19 +28,19 @@ class Decision:
     """What happens to one layer: the rule that decided and everything resolved from it."""
 
     site: LayerSite
-    rule: Any  # tedepr_fx.rules.Rule | None
+    rule: Rule | None
     action: str  # "factorize" | "prune" | "keep" | "unmatched"
     old_type: str
     dense_shape: tuple[int, ...]
     dense_params: int
     format: str | None = None
-    rank: Any = None  # the rule's rank spec; "auto" is resolved by the factorize pass
-    modes: Any = None  # "auto" | (in_modes, out_modes) | None
+    rank: RankSpec | None = None  # the rule's rank spec; "auto" is resolved by the factorize pass
+    modes: str | tuple[list[int], list[int]] | None = None  # "auto" | (in_modes, out_modes)
     init: str = "scratch"
     scorer: str | None = None
-    budget: Any = None  # tedepr_fx.rules.Budget | None
+    budget: Budget | None = None
     budget_id: str = "default"
-    record: dict[str, Any] = field(default_factory=dict)
+    auto_rank: int | None = None  # set by the factorize pass when rank is "auto"
 
     @property
     def name(self) -> str:
@@ -50,17 +51,12 @@ class Decision:
         return self.rule.name if self.rule is not None else ""
 
 
-def site_module(site: LayerSite):
-    """The module rules look at: a meta view for split attention projections, else the layer."""
-    return site.meta["view"] if "view" in site.meta else site.get()
-
-
-def match(captured: Captured, ruleset, *, strict: bool = False) -> list[Decision]:
+def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list[Decision]:
     """Decide for every site of ``captured``; warn (or, with ``strict``, raise) on unused rules."""
     decisions = []
     used: set[str] = set()
     for site in captured.sites:
-        module = site_module(site)
+        module = site.get()
         names = type_names(module, site.kind)
         if site.functional:
             names = names | _FUNCTIONAL_NAMES.get(site.kind.name, frozenset())
@@ -77,19 +73,18 @@ def match(captured: Captured, ruleset, *, strict: bool = False) -> list[Decision
             init=rule.effective_init(ruleset.defaults),
         )
         if rule.action != "keep":
-            _check_applicable(decision)
+            _check_applicable(site, rule)
             budget = rule.effective_budget(ruleset.defaults)
             decision.budget = budget
             decision.budget_id = f"rule:{rule.name}" if rule.budget is not None else "default"
             decision.scorer = rule.effective_scorer(ruleset.defaults) if budget is not None else None
-        if rule.action == "factorize":
-            fact = rule.factorize
+        fact = rule.factorize
+        if rule.action == "factorize" and fact is not None:  # the schema requires it there
             decision.format = fact.format
             decision.rank = fact.rank
             modes = getattr(fact, "modes", None)
             decision.modes = modes if modes in (None, "auto") else (list(modes.in_), list(modes.out))
         decisions.append(decision)
-        _record(decision)
 
     unused = [r.name for r in ruleset.rules if r.name not in used]
     if unused:
@@ -100,8 +95,7 @@ def match(captured: Captured, ruleset, *, strict: bool = False) -> list[Decision
     return decisions
 
 
-def _check_applicable(decision: Decision) -> None:
-    site, rule = decision.site, decision.rule
+def _check_applicable(site: LayerSite, rule: Rule) -> None:
     if site.shared_with:
         raise LayerError(
             site.name,
@@ -109,27 +103,13 @@ def _check_applicable(decision: Decision) -> None:
             f"{rule.action}d on one side only (use action: keep, or untie the weights)",
             rule.name,
         )
-    if rule.action == "factorize" and rule.factorize.format not in site.kind.formats:
+    fmt = rule.factorize.format if rule.factorize is not None else None
+    if rule.action == "factorize" and fmt not in site.kind.formats:
         raise LayerError(
             site.name,
-            f"format {rule.factorize.format!r} is not supported for {site.kind.name} layers "
+            f"format {fmt!r} is not supported for {site.kind.name} layers "
             f"(supported: {', '.join(site.kind.formats) or 'none'})",
             rule.name,
         )
-    if rule.action == "prune" and "prune" not in site.kind.builders:
+    if rule.action == "prune" and site.kind.masked is None:
         raise LayerError(site.name, f"{site.kind.name} layers cannot be pruned", rule.name)
-
-
-def _record(decision: Decision) -> None:
-    decision.record = {
-        "rule": decision.rule_name,
-        "action": decision.action,
-        "format": decision.format,
-        "rank": decision.rank,
-        "modes": decision.modes,
-        "init": decision.init,
-        "scorer": decision.scorer,
-    }
-    node = decision.site.node
-    if node is not None:
-        node.meta.setdefault("tedepr", {})[decision.name] = decision.record

@@ -1,7 +1,7 @@
 """The rule language, version 1, as pydantic models.
 
-One model per concept (:class:`Budget`, :class:`Scoring`, :class:`Defaults`,
-:class:`Match`, :class:`TTFactorization` / :class:`TuckerFactorization`,
+One model per concept (:class:`Budget`, :class:`~tedepr_fx.rules.scoring.Scoring`, :class:`Defaults`,
+:class:`Match`, one ``<Format>Factorization`` per registered format (:data:`FACTORIZATIONS`),
 :class:`Rule`, :class:`RuleSet`). Every model forbids unknown keys and validates
 strictly: a YAML ``1`` is an int, ``1.0`` a float, and ``true`` is never a number.
 The JSON Schema that editors use comes from :meth:`RuleSet.model_json_schema`.
@@ -18,25 +18,28 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Collection
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, Union
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PlainValidator,
     PrivateAttr,
     ValidationError,
     WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from tedepr_fx.errors import LocatedError, Location, RuleError
-from tedepr_fx.ranks import RANK_HELP, check_rank_spec
+from tedepr_fx.names import FORMATS, FormatEntry, ScorerName
+from tedepr_fx.ranks import RANK_HELP, RankSpec, check_rank_spec
+from tedepr_fx.rules.scoring import Scoring
+from tedepr_fx.rules.strict import StrictModel as _Model
 
-ScorerName = Literal["trainability", "snip", "grasp", "synflow", "force", "magnitude", "random"]
 InitName = Literal["scratch", "decompose"]
 
 
@@ -78,19 +81,6 @@ VersionField = Annotated[
 ]
 
 
-class _Model(BaseModel):
-    """Strict, closed models; equality ignores private attributes (source file, compiled regex)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BaseModel):
-            return NotImplemented
-        return type(self) is type(other) and self.__dict__ == other.__dict__
-
-    __hash__ = None  # type: ignore[assignment]
-
-
 class Budget(_Model):
     """How much of a layer survives fine-grained pruning at initialization.
 
@@ -125,20 +115,6 @@ class Budget(_Model):
     def target_density(self) -> float:
         """Share of the counted weights that is kept: ``1 - sparsity``, or ``density``."""
         return self.density if self.density is not None else 1.0 - self.sparsity  # type: ignore[operator]
-
-
-class Scoring(_Model):
-    """How the scorers see data (the top-level ``scoring:`` section)."""
-
-    batches: int = Field(10, ge=1, description="Number of data batches the scorer uses.")
-    batch_size: int | None = Field(
-        None, ge=1, description="Cut each batch to this many samples (None: as given).")
-    steps: int = Field(3, ge=1, description="K, the SGD steps the trainability meta-gradient looks through.")
-    inner_lr: float = Field(0.1, gt=0, description="Learning rate of those K inner steps.")
-    first_order: bool = Field(False, description="Drop second-order terms of the meta-gradient (cheaper).")
-    checkpoint: bool = Field(
-        True, description="Recompute the K steps instead of keeping their graphs: exact, memory of about "
-        "two training steps, about K more forward+backward passes.")
 
 
 class Defaults(_Model):
@@ -221,7 +197,7 @@ class Match(_Model):
 
 
 class TTModes(_Model):
-    """Factorization of a layer's input and output sizes into tensor-train modes."""
+    """Factorization of a layer's input and output sizes into TT-matrix modes (formats with modes)."""
 
     in_: list[int] = Field(alias="in", min_length=2, description="Input modes; product >= in features.")
     out: list[int] = Field(min_length=2, description="Output modes, as many as input modes.")
@@ -242,23 +218,43 @@ class TTModes(_Model):
         return self
 
 
-class TTFactorization(_Model):
-    """A tensor-train (TT) factorization: the layer becomes a chain of small cores."""
+def _factorization_model(name: str, entry: FormatEntry) -> type[_Model]:
+    """The ``factorize:`` model of one registered format: ``format``, ``rank`` and, where the
+    format has modes, ``modes``. Built from :data:`tedepr_fx.names.FORMATS`, so a new format
+    needs no edit here."""
+    fields: dict[str, Any] = {
+        "format": (Literal[name], Field(description=f"{name}: {entry.description}")),
+        "rank": (RankField, ...),
+    }
+    if entry.modes:
+        fields["modes"] = (Literal["auto"] | TTModes,
+                           Field("auto", description="auto, or {in: [...], out: [...]} (same length >= 2)."))
+    return create_model(f"{entry.title}Factorization", __base__=_Model, __doc__=entry.description,
+                        __module__=__name__, **fields)
 
-    format: Literal["tt"]
-    rank: RankField
-    modes: Literal["auto"] | TTModes = Field(
-        "auto", description="auto, or {in: [...], out: [...]} (same length >= 2).")
+
+FACTORIZATIONS: dict[str, type[_Model]] = {name: _factorization_model(name, e) for name, e in FORMATS.items()}
+# the names other modules import (the loader's known keys, tedepr_fx.rules); any format works the same
+TTFactorization = FACTORIZATIONS["tt"]
+TuckerFactorization = FACTORIZATIONS["tucker"]
 
 
-class TuckerFactorization(_Model):
-    """A Tucker factorization (for a conv: the 1x1 -> kxk -> 1x1 chain of Tucker-2)."""
 
-    format: Literal["tucker"]
-    rank: RankField
+class FactorizationFields(Protocol):
+    """What every ``<Format>Factorization`` model has: the static type of :data:`Factorization`
+    (the models themselves are built at import time, from the registry)."""
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def rank(self) -> RankSpec: ...
 
 
-Factorization = Annotated[TTFactorization | TuckerFactorization, Field(discriminator="format")]
+if TYPE_CHECKING:
+    Factorization: TypeAlias = FactorizationFields
+else:  # the union pydantic validates, tagged by ``format``
+    Factorization = Annotated[Union[tuple(FACTORIZATIONS.values())], Field(discriminator="format")]  # noqa: UP007
 
 
 class Rule(_Model):
@@ -267,13 +263,22 @@ class Rule(_Model):
     name: str = Field(description="Unique name of the rule (reports and errors refer to it).")
     match: Match
     action: Literal["factorize", "prune", "keep"] = Field(
-        description="factorize: TT/Tucker (then prune the factors); prune: fine-grained on the "
+        description="factorize: a low-rank format (then prune the factors); prune: fine-grained on the "
                     "dense weight; keep: leave the layer alone.")
     factorize: Factorization | None = Field(
         None, description="Required when action is factorize, forbidden otherwise.")
     budget: Budget | None = Field(None, description="Overrides defaults.budget for this rule.")
     scorer: ScorerName | None = Field(None, description="Overrides defaults.scorer for this rule.")
     init: InitName | None = Field(None, description="Overrides defaults.init for this rule.")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _not_repeated(cls, value: object) -> object:
+        if isinstance(value, _RepeatedName):
+            raise PydanticCustomError(
+                "duplicate_rule_name", "duplicate rule name '{name}' (first used by rules[{first}])",
+                {"name": value.name, "first": value.first})
+        return value
 
     @field_validator("name")
     @classmethod
@@ -306,6 +311,17 @@ class Rule(_Model):
         return self.init if self.init is not None else defaults.init
 
 
+@dataclass(frozen=True)
+class _RepeatedName:
+    """A rule name already used by ``rules[first]``; :class:`Rule` refuses it."""
+
+    name: str
+    first: int
+
+    def __repr__(self) -> str:  # pydantic shows the input as the name that was written
+        return repr(self.name)
+
+
 class RuleSet(_Model):
     """A whole rule file: the first rule whose match accepts a layer decides for it.
 
@@ -316,8 +332,9 @@ class RuleSet(_Model):
 
     model_config = ConfigDict(
         title="tedepr_fx rule file",
-        json_schema_extra={"description": "TEDEPR policy: which layers are factorized (TT / Tucker) "
-                                          "and pruned at initialization. See docs/rules.md."},
+        json_schema_extra={"description": "TEDEPR policy: which layers are factorized ("
+                                          + " / ".join(e.title for e in FORMATS.values())
+                                          + ") and pruned at initialization. See docs/rules.md."},
     )
 
     version: VersionField
@@ -329,26 +346,25 @@ class RuleSet(_Model):
 
     _source: str | None = PrivateAttr(None)
 
-    @field_validator("rules")
+    @model_validator(mode="before")
     @classmethod
-    def _unique_names(cls, rules: list[Rule]) -> list[Rule]:
-        seen: dict[str, int] = {}
-        dupes: list[tuple[int, str, int]] = []
+    def _mark_repeated_names(cls, data: Any) -> Any:
+        # the one check of unique names: Rule reports each repeat at rules[i].name, next to that
+        # rule's other errors, so that a file with several mistakes shows them all at once
+        rules = data.get("rules") if isinstance(data, dict) else None
+        if not isinstance(rules, list):
+            return data
+        first: dict[str, int] = {}
+        marked: list[Any] = []
         for i, rule in enumerate(rules):
-            if rule.name in seen:
-                dupes.append((i, rule.name, seen[rule.name]))
-            else:
-                seen[rule.name] = i
-        if dupes:
-            i, name, first = dupes[0]
-            raise PydanticCustomError(
-                "duplicate_rule_name",
-                "duplicate rule name {name} (first used by rules[{first}])",
-                {"name": repr(name), "first": first,
-                 "at": [(j, "name") for j, _, _ in dupes],
-                 "each": [f"duplicate rule name {n!r} (first used by rules[{f}])" for _, n, f in dupes]},
-            )
-        return rules
+            fields = rule.model_dump(by_alias=True, exclude_none=True) if isinstance(rule, Rule) else rule
+            name = fields.get("name") if isinstance(fields, dict) else None
+            if isinstance(name, str) and name in first:
+                rule = {**fields, "name": _RepeatedName(name, first[name])}
+            elif isinstance(name, str):
+                first[name] = i
+            marked.append(rule)
+        return {**data, "rules": marked}
 
     @property
     def source(self) -> str | None:

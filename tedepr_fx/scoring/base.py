@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from tedepr_fx.errors import DataError
 from tedepr_fx.layers.masked import iter_masked
+from tedepr_fx.rules.scoring import ScorerOptions
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Tensor, Any], Tensor]
@@ -55,10 +56,12 @@ class Target:
         return self.key[: -len(self.tensor_name) - 1] if self.key != self.tensor_name else ""
 
     def tensor(self) -> Tensor:
-        return getattr(self.module, self.tensor_name)
+        tensor: Tensor = getattr(self.module, self.tensor_name)
+        return tensor
 
     def mask(self) -> Tensor:
-        return self.module.get_mask(self.tensor_name)  # type: ignore[operator]
+        mask: Tensor = self.module.get_mask(self.tensor_name)  # type: ignore[operator]
+        return mask
 
 
 def target_key(module_qualname: str, tensor_name: str) -> str:
@@ -98,10 +101,9 @@ def default_output_fn(outputs: Any) -> Tensor:
     """
     if isinstance(outputs, Tensor):
         return outputs
-    if isinstance(outputs, dict) and "logits" in outputs:
-        return outputs["logits"]
-    if hasattr(outputs, "logits"):
-        return outputs.logits
+    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
     if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
         return outputs[0]
     raise DataError(
@@ -113,25 +115,15 @@ def default_output_fn(outputs: Any) -> Tensor:
 class Scorer:
     """Base class of the scorers: one criterion, ``score(...) -> {key: scores}``.
 
-    Options (all keyword, from the rules' ``scoring:`` section; every scorer
-    accepts all of them and ignores those it does not use, so callers can pass
-    one option set to any scorer):
-
-    steps : int
-        Inner SGD steps K of the trainability meta-gradient (default 3).
-    inner_lr : float
-        Learning rate of those steps (default 0.1).
-    first_order : bool
-        Drop the second-order terms of the meta-gradient (default False).
-    checkpoint : bool
-        Recompute the K steps in the meta-gradient's reverse sweep instead of
-        keeping their graphs (default True: exact, memory of about two steps).
+    Parameters
+    ----------
+    options : ScorerOptions, optional
+        The scorer's own options, an instance of its :attr:`options_model` (the model
+        of its section under the rules' ``scoring:``, e.g. ``scoring.trainability``);
+        its defaults when omitted. :func:`tedepr_fx.scoring.get_scorer` builds it from
+        keyword arguments.
     density : float, optional
         Final density (kept / stored) for the iterative scorers (synflow, force).
-    iterations : int, optional
-        Rounds of the iterative scorers (synflow 100, force 10 by default).
-    temperature : float
-        Softmax temperature of GraSP (default 200).
     seed : int
         Seeds every random choice (random scorer, dropout during scoring).
     verbose : bool
@@ -140,34 +132,22 @@ class Scorer:
 
     name: ClassVar[str] = "base"
     needs_data: ClassVar[bool] = True
-    default_iterations: ClassVar[int] = 1
-    _options: ClassVar[tuple[str, ...]] = (
-        "steps", "inner_lr", "first_order", "checkpoint", "density", "iterations", "temperature", "seed", "verbose",
-    )
+    options_model: ClassVar[type[ScorerOptions]] = ScorerOptions  # a scorer with options overrides it
 
-    def __init__(self, *, steps: int = 3, inner_lr: float = 0.1, first_order: bool = False,
-                 checkpoint: bool = True, density: float | None = None, iterations: int | None = None,
-                 temperature: float = 200.0, seed: int = 0, verbose: bool = True) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"scorer {self.name!r}: steps must be an int >= 1; got {steps!r}")
-        if not inner_lr > 0:
-            raise ValueError(f"scorer {self.name!r}: inner_lr must be > 0; got {inner_lr!r}")
-        if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
-            raise ValueError(f"scorer {self.name!r}: iterations must be an int >= 1; got {iterations!r}")
-        if not temperature > 0:
-            raise ValueError(f"scorer {self.name!r}: temperature must be > 0; got {temperature!r}")
-        self.steps = steps
-        self.inner_lr = float(inner_lr)
-        self.first_order = bool(first_order)
-        self.checkpoint = bool(checkpoint)
+    def __init__(self, options: ScorerOptions | None = None, *, density: float | None = None,
+                 seed: int = 0, verbose: bool = True) -> None:
+        options = self.options_model() if options is None else options
+        if type(options) is not self.options_model:
+            raise TypeError(f"scorer {self.name!r} takes {self.options_model.__name__}; "
+                            f"got {type(options).__name__}")
+        self.options = options
         self.density = None if density is None else check_density(density, f"scorer {self.name!r}")
-        self.iterations = self.default_iterations if iterations is None else iterations
-        self.temperature = float(temperature)
         self.seed = int(seed)
         self.verbose = bool(verbose)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
+        return f"{type(self).__name__}({options})"
 
     # -- public entry point -------------------------------------------------------
     def score(self, model: nn.Module, targets: Sequence[Target], batches: Sequence[Batch] | None,
@@ -245,7 +225,7 @@ class Scorer:
     def _score(self, run: _Run) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _progress(self, total: int, desc: str) -> tqdm:
+    def _progress(self, total: int, desc: str) -> tqdm[Any]:
         """A bar that appears only after 1 s, only on a terminal, only when verbose."""
         return tqdm(total=total, desc=f"scoring ({desc})", delay=1.0, leave=False,
                     disable=not (self.verbose and sys.stdout.isatty()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tedepr_fx.rules.scoring import ForceOptions
 from tedepr_fx.scoring.base import Scorer, _Run
 from tedepr_fx.scoring.iterative import exponential_schedule, global_topk, require_density
 from tedepr_fx.scoring.snip import mask_gradients
@@ -27,18 +28,19 @@ class ForceScorer(Scorer):
 
     name = "force"
     needs_data = True
-    default_iterations = 10
+    options_model = ForceOptions
+    options: ForceOptions
 
     def _score(self, run: _Run) -> dict[str, Tensor]:
         density = require_density(run.density, self.name, run.where)
         total = sum(t.tensor().numel() for t in run.targets)
         current = {k: torch.ones_like(w, dtype=torch.bool) for k, w in run.tensors().items()}
         scores: dict[str, Tensor] = {}
-        schedule = exponential_schedule(density, self.iterations)
+        schedule = exponential_schedule(density, self.options.iterations)
         with self._progress(len(schedule), self.name) as bar:
             for i, d in enumerate(schedule):
                 masks = {k: m.to(run.tensors()[k].dtype).requires_grad_(True) for k, m in current.items()}
-                scores = {k: g.abs() for k, g in mask_gradients(self, run, masks).items()}
+                scores = {k: g.abs() for k, g in mask_gradients(run, masks).items()}
                 if i < len(schedule) - 1:
                     current = global_topk(scores, max(1, round(d * total)))
                 bar.update(1)

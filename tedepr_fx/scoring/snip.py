@@ -14,7 +14,7 @@ from torch import Tensor
 from tedepr_fx.scoring.base import Scorer, _Run
 
 
-def mask_gradients(scorer: Scorer, run: _Run, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+def mask_gradients(run: _Run, masks: dict[str, Tensor]) -> dict[str, Tensor]:
     """``sum over batches of dL/dm`` at the given float masks (train mode)."""
     run.model.train()
     keys = list(masks)
@@ -39,5 +39,5 @@ class SnipScorer(Scorer):
 
     def _score(self, run: _Run) -> dict[str, Tensor]:
         with self._progress(len(run.batches), self.name):
-            grads = mask_gradients(self, run, run.ones(requires_grad=True))
+            grads = mask_gradients(run, run.ones(requires_grad=True))
         return {k: g.abs() for k, g in grads.items()}

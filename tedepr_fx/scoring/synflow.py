@@ -9,11 +9,13 @@ iteratively conserving synaptic flow", NeurIPS 2020.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from tedepr_fx.errors import DataError
+from tedepr_fx.rules.scoring import SynflowOptions
 from tedepr_fx.scoring.base import Scorer, _Run
 from tedepr_fx.scoring.iterative import exponential_schedule, global_topk, require_density
 
@@ -33,7 +35,8 @@ class SynflowScorer(Scorer):
 
     name = "synflow"
     needs_data = False
-    default_iterations = 100
+    options_model = SynflowOptions
+    options: SynflowOptions
 
     def _score(self, run: _Run) -> dict[str, Tensor]:
         density = require_density(run.density, self.name, run.where)
@@ -53,8 +56,8 @@ class SynflowScorer(Scorer):
         pruned_at = {k: torch.full(w.shape, math.inf, dtype=torch.float64, device=w.device)
                      for k, w in run.tensors().items()}
         last: dict[str, Tensor] = {}
-        with self._progress(self.iterations, self.name) as bar:
-            for rnd, d in enumerate(exponential_schedule(density, self.iterations), start=1):
+        with self._progress(self.options.iterations, self.name) as bar:
+            for rnd, d in enumerate(exponential_schedule(density, self.options.iterations), start=1):
                 masks = {k: m.to(run.tensors()[k].dtype).requires_grad_(True) for k, m in current.items()}
                 out = run.output_fn(run.forward(ones_in, masks, linear))
                 keys = list(masks)
@@ -72,11 +75,11 @@ class SynflowScorer(Scorer):
                     current[k] = current[k] & new[k]
                 bar.update(1)
         peak = max(float(s.max()) for s in last.values()) or 1.0
-        return {k: torch.where(torch.isinf(pruned_at[k]), float(self.iterations + 1), pruned_at[k])
+        return {k: torch.where(torch.isinf(pruned_at[k]), float(self.options.iterations + 1), pruned_at[k])
                 + 0.5 * last[k].double() / peak for k in last}
 
 
-def _all_ones(inputs):
+def _all_ones(inputs: Any) -> Any:
     if isinstance(inputs, torch.Tensor):
         return torch.ones_like(inputs) if inputs.is_floating_point() else inputs
     if isinstance(inputs, (tuple, list)):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tedepr_fx.rules.scoring import TrainabilityOptions
 from tedepr_fx.scoring.base import Batch, Scorer, _Run
 
 Tensors = dict[str, Tensor]
@@ -66,38 +67,37 @@ class TrainabilityScorer(Scorer):
 
     name = "trainability"
     needs_data = True
-
-    def __repr__(self) -> str:
-        return (f"TrainabilityScorer(steps={self.steps}, inner_lr={self.inner_lr}, "
-                f"first_order={self.first_order}, checkpoint={self.checkpoint})")
+    options_model = TrainabilityOptions
+    options: TrainabilityOptions
 
     def _score(self, run: _Run) -> Tensors:
         run.model.train()
-        batches = [run.batches[k % len(run.batches)] for k in range(self.steps + 1)]
-        with self._progress(self.steps + 1 + (self.steps if self._checkpointed else 0), self.name) as bar:
+        steps = self.options.steps
+        batches = [run.batches[k % len(run.batches)] for k in range(steps + 1)]
+        with self._progress(steps + 1 + (steps if self._checkpointed else 0), self.name) as bar:
             if self._checkpointed:
                 return self._reverse_sweep(run, batches, bar)
             return self._unrolled(run, batches, bar)
 
     @property
     def _checkpointed(self) -> bool:
-        return self.checkpoint and not self.first_order
+        return self.options.checkpoint and not self.options.first_order
 
     # -- all steps in one graph ---------------------------------------------------
     def _unrolled(self, run: _Run, batches: list[Batch], bar: Any) -> Tensors:
+        steps, lr, first_order = self.options.steps, self.options.inner_lr, self.options.first_order
         masks = run.ones(requires_grad=True)
         params = {n: p.detach().clone().requires_grad_(True)
                   for n, p in run.model.named_parameters() if p.requires_grad}
         names = list(params)
-        for k in range(self.steps):
+        for k in range(steps):
             loss = run.loss(batches[k], masks, params)
             grads = torch.autograd.grad(
-                loss, [params[n] for n in names], create_graph=not self.first_order, allow_unused=True,
+                loss, [params[n] for n in names], create_graph=not first_order, allow_unused=True,
             )
-            params = {n: params[n] if g is None else params[n] - self.inner_lr * g
-                      for n, g in zip(names, grads)}
+            params = {n: params[n] if g is None else params[n] - lr * g for n, g in zip(names, grads)}
             bar.update(1)
-        final = run.loss(batches[self.steps], masks, params)
+        final = run.loss(batches[steps], masks, params)
         keys = list(masks)
         grads = torch.autograd.grad(final, [masks[k] for k in keys], allow_unused=True)
         bar.update(1)
@@ -111,21 +111,21 @@ class TrainabilityScorer(Scorer):
         # the variables: every trainable parameter and every target tensor (frozen or not)
         for key, tensor in run.tensors().items():
             weights.setdefault(run.param_path[key], tensor)
-        lr = self.inner_lr
+        steps, lr = self.options.steps, self.options.inner_lr
 
         history = []
-        for k in range(self.steps):
+        for k in range(steps):
             rng = _rng_state()
             grads = _gradients(run, batches[k], masks, weights)
             history.append((weights, rng))
             weights = {n: w - lr * grads[n] if n in trainable else w for n, w in weights.items()}
             bar.update(1)
-        grads = _gradients(run, batches[self.steps], masks, weights)
+        grads = _gradients(run, batches[steps], masks, weights)
         bar.update(1)
 
         meta = {key: weights[path] * grads[path] for key, path in run.param_path.items()}
         adjoint = {n: g if n in trainable else torch.zeros_like(g) for n, g in grads.items()}
-        for k in range(self.steps - 1, -1, -1):
+        for k in range(steps - 1, -1, -1):
             weights, rng = history.pop()
             _set_rng_state(rng)
             grads, hvp = _gradients_and_hvp(run, batches[k], masks, weights, adjoint)
@@ -163,11 +163,12 @@ def _gradients_and_hvp(run: _Run, batch: Batch, masks: Tensors, weights: Tensors
 
 def _zero_filled(weights: Tensors, found: dict[str, Tensor | None]) -> Tensors:
     """``found`` for every weight, zeros where it has no entry or ``None`` (the weight is unused)."""
-    return {n: torch.zeros_like(w) if found.get(n) is None else found[n] for n, w in weights.items()}
+    return {n: g if (g := found.get(n)) is not None else torch.zeros_like(w) for n, w in weights.items()}
 
 
 def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    started = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    cuda = torch.cuda.get_rng_state_all() if started else None
     return torch.get_rng_state(), cuda
 
 
