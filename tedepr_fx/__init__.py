@@ -24,11 +24,13 @@ _LAZY = {
     "load": "tedepr_fx.api",
     "Plan": "tedepr_fx.reporting",
     "Report": "tedepr_fx.reporting",
+    "LayerRecord": "tedepr_fx.record",
 }
 
 __all__ = [
     "BudgetError", "CaptureError", "DataError", "LayerError", "RuleError", "__version__",
     "load_rules", "RuleSet", "transform", "plan", "report", "save", "load", "Plan", "Report",
+    "LayerRecord",
 ]
 
 
@@ -40,5 +42,6 @@ def __getattr__(name: str) -> object:
 
 if TYPE_CHECKING:  # pragma: no cover
     from tedepr_fx.api import load, plan, report, save, transform
+    from tedepr_fx.record import LayerRecord
     from tedepr_fx.reporting import Plan, Report
     from tedepr_fx.rules import RuleSet, load_rules

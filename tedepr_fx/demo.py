@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +25,7 @@ from tedepr_fx.train import evaluate, train
 RULES = policy_path("lenet")  # package data: found in a clone and in an installed wheel alike
 
 
-def snip_rules(sparsity: float) -> dict:
+def snip_rules(sparsity: float) -> dict[str, Any]:
     """The baseline: SNIP (Lee et al. 2019) on the dense weights of every layer, same sparsity."""
     return {
         "version": 1,
@@ -33,7 +35,8 @@ def snip_rules(sparsity: float) -> dict:
 
 
 def run(*, sparsity: float = 0.99, epochs: int = 2, dataset: str = "auto", root: str | None = None,
-        seed: int = 0, rules_path: str | Path = RULES, progress: bool = True, echo=print) -> dict:
+        seed: int = 0, rules_path: str | Path = RULES, progress: bool = True,
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train dense, TEDEPR and SNIP LeNet-300-100 models; return their measured accuracies."""
     started = time.perf_counter()
     # small batches of a small MLP: one thread is faster than two fighting over a busy machine
@@ -45,7 +48,9 @@ def run(*, sparsity: float = 0.99, epochs: int = 2, dataset: str = "auto", root:
         torch.set_num_threads(threads)
 
 
-def _run(sparsity, epochs, dataset, root, seed, rules_path, progress, echo, started) -> dict:
+def _run(sparsity: float, epochs: int, dataset: str, root: str | None, seed: int,
+         rules_path: str | Path, progress: bool, echo: Callable[[str], None],
+         started: float) -> dict[str, Any]:
     data = load_dataset(dataset, root)
     train_loader, test_loader = make_loaders(data, batch_size=128, seed=seed)
     batches = scoring_batches(data, n_batches=10, batch_size=128, seed=seed)

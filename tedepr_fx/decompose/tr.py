@@ -13,21 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-
-def _working_dtype(dtype: torch.dtype) -> torch.dtype:
-    # SVD needs float32 at least; float64 stays float64 for the tighter exactness checks
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _truncated(unfolding: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U_r, S_r V_r^T)`` of an economy SVD, zero-padded to ``rank`` when the matrix has fewer."""
-    u, s, vh = torch.linalg.svd(unfolding, full_matrices=False)
-    r = min(rank, s.numel())
-    left, right = u[:, :r], s[:r, None] * vh[:r]
-    if r < rank:  # keep the requested shape; the extra bond entries are zero
-        left = torch.cat([left, left.new_zeros(left.shape[0], rank - r)], dim=1)
-        right = torch.cat([right, right.new_zeros(rank - r, right.shape[1])], dim=0)
-    return left, right
+from tedepr_fx.decompose.tt import gaussian_cores, truncated_svd, working_dtype
 
 
 @torch.no_grad()
@@ -46,7 +32,8 @@ def tr_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> list[torch.Tensor]:
     Returns
     -------
     list[torch.Tensor]
-        Cores ``(r_{k-1}, q_k, r_k)`` in ``tensor``'s dtype and device.
+        The ring's ``d`` cores ``(r_{k-1}, q_k, r_k)``, the last one closing on ``r_0``,
+        in ``tensor``'s dtype and device.
 
     Notes
     -----
@@ -68,13 +55,13 @@ def tr_svd(tensor: torch.Tensor, ranks: Sequence[int]) -> list[torch.Tensor]:
         raise ValueError(f"ranks must be d + 1 = {d + 1} positive ints with ranks[0] == ranks[d]; got {ranks}")
     out_dtype = tensor.dtype
     r0, r1 = ranks[0], ranks[1]
-    work = tensor.to(_working_dtype(out_dtype))
-    left, rest = _truncated(work.reshape(dims[0], -1), r0 * r1)
+    work = tensor.to(working_dtype(out_dtype))
+    left, rest = truncated_svd(work.reshape(dims[0], -1), r0 * r1)
     cores = [left.reshape(dims[0], r0, r1).permute(1, 0, 2).contiguous().to(out_dtype)]
     # (r0, r1, q_2 .. q_d) -> (r1, q_2 .. q_d, r0): the boundary bond travels with the last mode
     rest = rest.reshape(r0, r1, -1).permute(1, 2, 0)
     for k in range(1, d - 1):
-        left, rest = _truncated(rest.reshape(ranks[k] * dims[k], -1), ranks[k + 1])
+        left, rest = truncated_svd(rest.reshape(ranks[k] * dims[k], -1), ranks[k + 1])
         cores.append(left.reshape(ranks[k], dims[k], ranks[k + 1]).to(out_dtype))
     cores.append(rest.reshape(ranks[d - 1], dims[d - 1], r0).to(out_dtype))
     return cores
@@ -128,11 +115,4 @@ def tr_scratch_cores(
 
     On the ``meta`` device nothing is allocated. Uses torch's global RNG.
     """
-    std = tr_core_std(ranks, target_var)
-    cores = []
-    for k, q in enumerate(dims):
-        core = torch.empty(ranks[k], q, ranks[k + 1], device=device, dtype=dtype)
-        if core.device.type != "meta":
-            core.normal_(0.0, std)
-        cores.append(core)
-    return cores
+    return gaussian_cores(dims, ranks, tr_core_std(ranks, target_var), device=device, dtype=dtype)

@@ -1,20 +1,40 @@
 """Tensor-train factors of a dense weight: TT-SVD, and variance-preserving scratch init.
 
-Both functions return TT cores ``(r_{k-1}, q_k, r_k)`` of a tensor with dims
-``(q_1, ..., q_d)``; the layers reshape them into TT-matrix cores
+:func:`tt_svd` and :func:`tt_scratch_cores` return TT cores ``(r_{k-1}, q_k, r_k)`` of a
+tensor with dims ``(q_1, ..., q_d)``; the layers reshape them into TT-matrix cores
 ``(r_{k-1}, m_k, n_k, r_k)`` (Novikov et al., "Tensorizing Neural Networks", NeurIPS 2015).
+Their steps :func:`truncated_svd` and :func:`gaussian_cores` also serve the tensor ring
+(:mod:`tedepr_fx.decompose.tr`), a train whose end bonds are one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 
-def _working_dtype(dtype: torch.dtype) -> torch.dtype:
-    # SVD needs float32 at least; float64 stays float64 for the tighter exactness checks
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the SVDs run in: float32 at least; float64 stays float64 for the tighter exactness checks."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def truncated_svd(unfolding: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U_r, S_r V_r^T)`` of an economy SVD (``full_matrices=False``), zero-padded to ``rank``.
+
+    One step of TT-SVD (Oseledets, SIAM J. Sci. Comput. 33(5), 2011, Algorithm 1) and of
+    TR-SVD (:func:`tedepr_fx.decompose.tr.tr_svd`): the left factor ``(rows, rank)`` is a
+    core, the right one ``(rank, cols)`` the rest to unfold next. A ``rank`` above the
+    matrix's ``min(rows, cols)`` keeps its shape: the extra bond entries are zero.
+    """
+    u, s, vh = torch.linalg.svd(unfolding, full_matrices=False)
+    r = min(rank, s.numel())
+    left, right = u[:, :r], s[:r, None] * vh[:r]
+    if r < rank:
+        left = torch.cat([left, left.new_zeros(left.shape[0], rank - r)], dim=1)
+        right = torch.cat([right, right.new_zeros(rank - r, right.shape[1])], dim=0)
+    return left, right
 
 
 @torch.no_grad()
@@ -54,20 +74,11 @@ def tt_svd(tensor: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
     if len(ranks) != d + 1 or ranks[0] != 1 or ranks[-1] != 1:
         raise ValueError(f"ranks must have d + 1 = {d + 1} entries with ends 1; got {ranks}")
     out_dtype = tensor.dtype
-    rest = tensor.to(_working_dtype(out_dtype))
+    rest = tensor.to(working_dtype(out_dtype))
     cores = []
     for k in range(d - 1):
-        unfolding = rest.reshape(ranks[k] * dims[k], -1)
-        u, s, vh = torch.linalg.svd(unfolding, full_matrices=False)
-        r = min(ranks[k + 1], s.numel())
-        core = u[:, :r]
-        if r < ranks[k + 1]:  # keep the requested shape; the extra bond entries are zero
-            core = torch.cat([core, core.new_zeros(core.shape[0], ranks[k + 1] - r)], dim=1)
+        core, rest = truncated_svd(rest.reshape(ranks[k] * dims[k], -1), ranks[k + 1])
         cores.append(core.reshape(ranks[k], dims[k], ranks[k + 1]).to(out_dtype))
-        rest = s[:r, None] * vh[:r]
-        if r < ranks[k + 1]:
-            rest = torch.cat([rest, rest.new_zeros(ranks[k + 1] - r, rest.shape[1])], dim=0)
-        del u, s, vh, unfolding
     cores.append(rest.reshape(ranks[d - 1], dims[d - 1], 1).to(out_dtype))
     return cores
 
@@ -83,7 +94,7 @@ def tt_core_std(ranks: list[int], target_var: float) -> float:
     """
     d = len(ranks) - 1
     inner = math.prod(ranks[1:-1])
-    return (target_var / inner) ** (1.0 / (2 * d))
+    return float((target_var / inner) ** (1.0 / (2 * d)))
 
 
 def tt_scratch_cores(
@@ -100,7 +111,22 @@ def tt_scratch_cores(
     ``1/sqrt(fan_in)``, He et al., ICCV 2015) and ``1 / (3 hidden_size)`` for ``nn.LSTM``.
     On the ``meta`` device nothing is allocated. Uses torch's global RNG.
     """
-    std = tt_core_std(ranks, target_var)
+    return gaussian_cores(dims, ranks, tt_core_std(ranks, target_var), device=device, dtype=dtype)
+
+
+def gaussian_cores(
+    dims: Sequence[int],
+    ranks: Sequence[int],
+    std: float,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """Cores ``(r_{k-1}, q_k, r_k)`` of i.i.d. ``N(0, std**2)`` entries, drawn in core order.
+
+    The scratch init of a train (:func:`tt_scratch_cores`) and of a ring
+    (:func:`tedepr_fx.decompose.tr.tr_scratch_cores`). On the ``meta`` device nothing is
+    allocated. Uses torch's global RNG.
+    """
     cores = []
     for k, q in enumerate(dims):
         core = torch.empty(ranks[k], q, ranks[k + 1], device=device, dtype=dtype)

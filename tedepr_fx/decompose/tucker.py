@@ -13,16 +13,14 @@ import math
 
 import torch
 
-
-def _working_dtype(dtype: torch.dtype) -> torch.dtype:
-    # eigh / QR need float32 at least; float64 stays float64 for the tighter exactness checks
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from tedepr_fx.decompose.tt import working_dtype
 
 
 def _leading_left_vectors(unfolding_gram: torch.Tensor, rank: int) -> torch.Tensor:
     """The ``rank`` leading eigenvectors of a symmetric PSD matrix, largest eigenvalue first."""
     _, vectors = torch.linalg.eigh(unfolding_gram)
-    return vectors[:, -rank:].flip(1)
+    leading: torch.Tensor = vectors[:, -rank:].flip(1)
+    return leading
 
 
 def _mode_factor(weight: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
@@ -41,7 +39,8 @@ def _mode_factor(weight: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
     unfolding = weight.movedim(mode, 0).reshape(dim, rest)
     q, r = torch.linalg.qr(unfolding, mode="reduced")
     u_r, _, _ = torch.linalg.svd(r, full_matrices=False)
-    return q @ u_r[:, :rank]
+    factor: torch.Tensor = q @ u_r[:, :rank]
+    return factor
 
 
 @torch.no_grad()
@@ -86,7 +85,7 @@ def partial_tucker2(
     if len(ranks) != 2:
         raise ValueError(f"ranks must be [r_out, r_in]; got {ranks}")
     out_dtype = weight.dtype
-    work = weight.to(_working_dtype(out_dtype))
+    work = weight.to(working_dtype(out_dtype))
     factor_out = _mode_factor(work, 0, ranks[0])
     factor_in = _mode_factor(work, 1, ranks[1])
     # project mode 0 first: (r_out, in, *kernel) is no larger than the weight
@@ -109,14 +108,16 @@ def tucker2_core_std(dims: tuple[int, int], ranks: list[int], target_var: float)
     return math.sqrt(target_var * out_f * in_f / (ranks[0] * ranks[1]))
 
 
-def _orthonormal_columns(rows: int, cols: int, device, dtype: torch.dtype) -> torch.Tensor:
+def _orthonormal_columns(rows: int, cols: int, device: torch.device | str | None,
+                         dtype: torch.dtype) -> torch.Tensor:
     """A Haar-random ``rows x cols`` matrix with orthonormal columns (QR of a Gaussian, sign-fixed)."""
-    gauss = torch.randn(rows, cols, device=device, dtype=_working_dtype(dtype))
+    gauss = torch.randn(rows, cols, device=device, dtype=working_dtype(dtype))
     q, r = torch.linalg.qr(gauss, mode="reduced")
     # multiplying by sign(diag(R)) makes Q Haar distributed (Mezzadri, Notices AMS 54(5), 2007)
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
-    return (q * signs).to(dtype)
+    columns: torch.Tensor = (q * signs).to(dtype)
+    return columns
 
 
 @torch.no_grad()

@@ -70,6 +70,19 @@ def largest_fitting(candidates: Callable[[int], list[int]], top: int, params: Ca
     return best
 
 
+def check_rank_list(spec: Sequence[int], bounds: Sequence[int], bond: Callable[[int], str]) -> None:
+    """Each listed rank at most its bond's exact rank; ``bond(i)`` names bond ``i`` in the error."""
+    for i, (r, bound) in enumerate(zip(spec, bounds)):
+        if r > bound:
+            raise ValueError(f"rank {r} exceeds the largest useful rank {bound} of {bond(i)}")
+
+
+def check_uniform_rank(spec: int, largest: int, what: str) -> None:
+    """An int rank no larger than the largest exact rank of any bond of ``what``."""
+    if spec > largest:
+        raise ValueError(f"rank {spec} exceeds the largest useful rank {largest} of {what}")
+
+
 def modes_or_auto(modes: object, fmt: str) -> None:
     """Refuse explicit modes for a format that has none (its layers take the dense shape)."""
     if modes not in (None, "auto"):

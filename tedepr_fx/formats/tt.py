@@ -16,13 +16,20 @@ Hugging Face ``Conv1D``), :class:`tedepr_fx.layers.tt.TTConv2d` and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from tedepr_fx.decompose.tt import tt_svd
-from tedepr_fx.formats.base import Builder, Format, check_build_rank, largest_fitting
+from tedepr_fx.formats.base import (
+    Builder,
+    Format,
+    check_build_rank,
+    check_rank_list,
+    check_uniform_rank,
+    largest_fitting,
+)
 from tedepr_fx.ranks import RankSpec
 
 ModesShape = tuple[Sequence[int], Sequence[int]]  # (in_modes, out_modes) of a TT-matrix
@@ -83,19 +90,11 @@ def resolve_tt_ranks(spec: RankSpec, in_modes: Sequence[int], out_modes: Sequenc
             raise ValueError(
                 f"rank list {spec} must have d - 1 = {d - 1} entries (one per inner bond of {d} cores)"
             )
-        for k, r in enumerate(spec, start=1):
-            if r > bounds[k]:
-                raise ValueError(
-                    f"rank {r} exceeds the largest useful rank {bounds[k]} of TT bond {k} "
-                    f"(modes {in_modes} -> {out_modes})"
-                )
+        check_rank_list(spec, bounds[1:-1],
+                        lambda i: f"TT bond {i + 1} (modes {in_modes} -> {out_modes})")
         return [1, *spec, 1]
     if isinstance(spec, int):
-        if spec > max(bounds):
-            raise ValueError(
-                f"rank {spec} exceeds the largest useful rank {max(bounds)} of a TT-matrix with modes "
-                f"{in_modes} -> {out_modes}"
-            )
+        check_uniform_rank(spec, max(bounds), f"a TT-matrix with modes {in_modes} -> {out_modes}")
         return [min(spec, b) for b in bounds]
     assert isinstance(spec, float)
     return largest_fitting(lambda r: [min(r, b) for b in bounds], max(bounds),
@@ -114,22 +113,33 @@ def tt_matrix_tensor(w_io: torch.Tensor, in_modes: Sequence[int], out_modes: Seq
     return w_io.reshape(*in_modes, *out_modes).permute(*perm).reshape([m * n for m, n in zip(in_modes, out_modes)])
 
 
+def matrix_cores(flat: Sequence[torch.Tensor], in_modes: Sequence[int], out_modes: Sequence[int],
+                 ranks: Sequence[int]) -> list[torch.Tensor]:
+    """Cores ``(r_{k-1}, m_k n_k, r_k)`` of the tensor :func:`tt_matrix_tensor` makes, as
+    TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` (views; Novikov et al., NeurIPS 2015)."""
+    return [c.reshape(ranks[k], m, n, ranks[k + 1]) for k, (c, m, n) in enumerate(zip(flat, in_modes, out_modes))]
+
+
 def decompose_tt_matrix(
-    w_io: torch.Tensor, in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int]
+    w_io: torch.Tensor, in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int],
+    svd: Callable[[torch.Tensor, list[int]], list[torch.Tensor]] = tt_svd,
 ) -> list[torch.Tensor]:
     """TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` of a weight stored as ``(in, out)`` (zero-padded to the modes).
 
-    The weight is permuted once to ``(m_1 n_1, ..., m_d n_d)`` and given to
-    :func:`tedepr_fx.decompose.tt.tt_svd`; every intermediate is at most the (padded)
-    weight's size.
+    The weight is permuted once to ``(m_1 n_1, ..., m_d n_d)`` and given to ``svd``:
+    :func:`tedepr_fx.decompose.tt.tt_svd` (ranks with ends 1), or
+    :func:`tedepr_fx.decompose.tr.tr_svd` for a tensor ring (``r_0 = r_d``, the
+    cores of :class:`tedepr_fx.formats.tr.TRLinear`). With TT-SVD every intermediate is
+    at most the (padded) weight's size.
 
     References
     ----------
     Oseledets, "Tensor-Train Decomposition", SIAM J. Sci. Comput. 33(5), 2011, Algorithm 1.
+    Zhao, Zhou, Xie, Zhang and Cichocki, "Tensor Ring Decomposition", arXiv:1606.05535, 2016,
+    Algorithm 1 (TR-SVD).
     """
     ranks = list(ranks)
-    flat = tt_svd(tt_matrix_tensor(w_io, in_modes, out_modes), ranks)
-    return [c.reshape(ranks[k], m, n, ranks[k + 1]) for k, (c, m, n) in enumerate(zip(flat, in_modes, out_modes))]
+    return matrix_cores(svd(tt_matrix_tensor(w_io, in_modes, out_modes), ranks), in_modes, out_modes, ranks)
 
 
 class TensorTrain(Format[ModesShape]):

@@ -16,7 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from tedepr_fx.formats.base import Builder, Format, check_build_rank, largest_fitting
+from tedepr_fx.formats.base import (
+    Builder,
+    Format,
+    check_build_rank,
+    check_rank_list,
+    check_uniform_rank,
+    largest_fitting,
+)
 from tedepr_fx.ranks import RankSpec
 
 DenseShape = tuple[int, ...]  # the dense weight's shape (out, in, *kernel)
@@ -75,19 +82,10 @@ def resolve_tucker_ranks(spec: RankSpec, dims: Sequence[int]) -> list[int]:
     if isinstance(spec, list):
         if len(spec) != 2:
             raise ValueError(f"a Tucker-2 rank list must be [r_out, r_in] (2 entries); got {spec}")
-        for mode, (r, bound) in enumerate(zip(spec, bounds)):
-            if r > bound:
-                raise ValueError(
-                    f"rank {r} exceeds the largest useful rank {bound} of Tucker mode {mode} "
-                    f"of a weight of shape {dims}"
-                )
+        check_rank_list(spec, bounds, lambda mode: f"Tucker mode {mode} of a weight of shape {dims}")
         return list(spec)
     if isinstance(spec, int):
-        if spec > max(bounds):
-            raise ValueError(
-                f"rank {spec} exceeds the largest useful rank {max(bounds)} of a Tucker-2 "
-                f"factorization of a weight of shape {dims}"
-            )
+        check_uniform_rank(spec, max(bounds), f"a Tucker-2 factorization of a weight of shape {dims}")
         return [min(spec, b) for b in bounds]
     assert isinstance(spec, float)
     top = max(bounds)

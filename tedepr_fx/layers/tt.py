@@ -6,7 +6,8 @@ weight ``W[(i_1..i_d), (j_1..j_d)]`` as cores ``core_k`` of shape
 contracts the input with the cores in the order of fewest FLOPs for the actual batch
 (:mod:`tedepr_fx.layers.contraction`). :class:`TTConv2d` adds the spatial kernel as an
 extra core (Garipov et al., "Ultimate tensorization: compressing convolutional and FC
-layers alike", NIPS 2016 workshop).
+layers alike", NIPS 2016 workshop). :class:`TTMatrixLinear` is the linear layer's body,
+shared with the tensor-ring layer :class:`tedepr_fx.formats.tr.TRLinear`.
 
 Every core carries a boolean mask (:class:`~tedepr_fx.layers.masked.MaskedMixin`).
 """
@@ -14,16 +15,16 @@ Every core carries a boolean mask (:class:`~tedepr_fx.layers.masked.MaskedMixin`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Self, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.decompose.tt import tt_scratch_cores, tt_svd
-from tedepr_fx.formats.base import check_build_rank, check_init
-from tedepr_fx.formats.tt import decompose_tt_matrix, resolve_tt_ranks
+from tedepr_fx.formats.base import Format, check_build_rank, check_init
+from tedepr_fx.formats.tt import TT, ModesShape, decompose_tt_matrix, matrix_cores, resolve_tt_ranks
 from tedepr_fx.layers.cache import EvalCache
 from tedepr_fx.layers.contraction import (
     ContractionOrder,
@@ -45,8 +46,9 @@ from tedepr_fx.layers.modes import select_modes
 from tedepr_fx.ranks import RankSpec
 
 
-def _check_layout(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int], in_features: int,
-                  out_features: int, in_pad: int, out_pad: int, n_ranks: int) -> None:
+def _checked_modes(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int], in_features: int,
+                   out_features: int, in_pad: int, out_pad: int) -> tuple[list[int], list[int], list[int]]:
+    """``in_modes``, ``out_modes`` and ``ranks`` as lists, the modes checked against the (padded) features."""
     if len(in_modes) != len(out_modes):
         raise ValueError(f"in_modes {list(in_modes)} and out_modes {list(out_modes)} differ in length")
     if math.prod(in_modes) != in_features + in_pad:
@@ -59,21 +61,42 @@ def _check_layout(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequ
             f"out_modes {list(out_modes)} multiply to {math.prod(out_modes)}, but out_features + out_pad "
             f"= {out_features} + {out_pad}"
         )
+    return list(in_modes), list(out_modes), list(ranks)
+
+
+def _check_tt_ranks(ranks: Sequence[int], n_ranks: int) -> None:
     if len(ranks) != n_ranks or ranks[0] != 1 or ranks[-1] != 1 or min(ranks) < 1:
         raise ValueError(f"ranks must be {n_ranks} positive ints with ends 1; got {list(ranks)}")
 
 
 class TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
     """Shared machinery of TT-matrix layers (tensor-train and tensor-ring): masked cores ``core_k``,
-    bias init and the eval-mode cache of merged cores."""
+    bias init, the build from a dense layer and the eval-mode cache of merged cores."""
 
     _first_channel_core = 0
 
-    def _register_cores(self, cores: list[torch.Tensor]) -> None:
+    def _init_cores(self, fmt: str, in_modes: list[int], out_modes: list[int], ranks: list[int],
+                    in_pad: int, out_pad: int, cores: list[torch.Tensor], bias: bool, out_features: int,
+                    fan_in: int, device: torch.device | str | None, dtype: torch.dtype | None,
+                    **info: object) -> None:
+        """Store modes, ranks and padding, register ``cores`` (masked), draw the bias, and
+        start ``tedepr_info`` (``info`` goes after the ranks)."""
+        self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, ranks
+        self.in_pad, self.out_pad = in_pad, out_pad
         for k, core in enumerate(cores):
             setattr(self, f"core_{k}", nn.Parameter(core))
         self.prunable = tuple(f"core_{k}" for k in range(len(cores)))
         self.init_masks()
+        self._init_bias(bias, out_features, fan_in, device, dtype)
+        self.tedepr_info: dict[str, object] = {
+            "format": fmt,
+            "in_modes": in_modes,
+            "out_modes": out_modes,
+            "ranks": ranks,
+            **info,
+            "in_padding": in_pad,
+            "out_padding": out_pad,
+        }
 
     def _init_bias(self, bias: bool, out_features: int, fan_in: int,
                    device: torch.device | str | None, dtype: torch.dtype | None) -> None:
@@ -86,6 +109,19 @@ class TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _copy_from(self, weight: torch.Tensor, bias: torch.Tensor | None, init: str,
+                   decompose: Callable[[], list[torch.Tensor]], what: str) -> None:
+        """Copy the dense layer's ``bias`` (not on meta) and, for ``init="decompose"``, the cores
+        ``decompose()`` returns; ``weight`` is the dense layer's, ``what`` names it in errors."""
+        with torch.no_grad():
+            if bias is not None and weight.device.type != "meta":
+                self.bias.copy_(bias)
+            if init == "decompose":
+                if weight.device.type == "meta":
+                    raise ValueError(f"init='decompose' needs real weights; {what} is on the meta device")
+                for k, core in enumerate(decompose()):
+                    getattr(self, f"core_{k}").copy_(core)
+
     def _channel_names(self) -> list[str]:
         return list(self.prunable[self._first_channel_core :])
 
@@ -96,8 +132,15 @@ class TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
         )
 
 
-class TTLinear(TTCores):
-    """A linear layer whose weight is a TT-matrix (Novikov et al., NeurIPS 2015).
+class TTMatrixLinear(TTCores):
+    """A linear layer whose weight is a chain of TT-matrix cores ``core_k`` ``(r_{k-1}, m_k, n_k, r_k)``.
+
+    The shared body of :class:`TTLinear` (a train, ``r_0 = r_d = 1``; Novikov et al.,
+    NeurIPS 2015) and :class:`tedepr_fx.formats.tr.TRLinear` (a ring, ``r_0 = r_d``,
+    traced; Wang et al., CVPR 2018): constructor, forward, ``to_dense`` and
+    :meth:`from_linear`. A subclass sets :attr:`fmt` and supplies the format's parts:
+    :meth:`_check_ranks`, :meth:`_scratch_cores`, :meth:`_svd`, :meth:`contraction_order`,
+    :meth:`apply_order` and :meth:`_weight_io`.
 
     Parameters
     ----------
@@ -107,7 +150,7 @@ class TTLinear(TTCores):
         ``d`` modes each, with ``prod(in_modes) == in_features + in_pad`` and
         ``prod(out_modes) == out_features + out_pad``.
     ranks : list[int]
-        ``d + 1`` TT ranks with ends 1 (see :func:`tedepr_fx.formats.tt.resolve_tt_ranks`).
+        ``d + 1`` ranks (checked by :meth:`_check_ranks`).
     bias : bool
         Whether the layer has a bias (not factorized, not prunable).
     weight_layout : {"linear", "conv1d"}
@@ -119,9 +162,12 @@ class TTLinear(TTCores):
 
     Notes
     -----
-    The cores are initialised so that the rebuilt weight has the entry variance of
-    ``nn.Linear``'s default init, ``1 / (3 in_features)`` (:func:`tt_scratch_cores`).
+    The scratch cores (:meth:`_scratch_cores`) give the rebuilt weight the entry variance
+    of ``nn.Linear``'s default init, ``1 / (3 in_features)``; the bias is drawn as
+    ``nn.Linear``'s.
     """
+
+    fmt: ClassVar[Format[ModesShape]]
 
     def __init__(
         self,
@@ -138,29 +184,53 @@ class TTLinear(TTCores):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        in_modes, out_modes, ranks = list(in_modes), list(out_modes), list(ranks)
-        _check_layout(in_modes, out_modes, ranks, in_features, out_features, in_pad, out_pad, len(in_modes) + 1)
-        weight_layout = check_layout(weight_layout)
+        in_modes, out_modes, ranks = _checked_modes(in_modes, out_modes, ranks, in_features, out_features,
+                                                    in_pad, out_pad)
+        self._check_ranks(ranks, len(in_modes))
         self.in_features, self.out_features = in_features, out_features
-        self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, ranks
-        self.in_pad, self.out_pad = in_pad, out_pad
-        self.weight_layout = weight_layout
-        if weight_layout == "conv1d":
+        self.weight_layout = check_layout(weight_layout)
+        if self.weight_layout == "conv1d":
             self.nf = out_features  # the attribute Hugging Face code reads
         dims = [m * n for m, n in zip(in_modes, out_modes)]
-        flat = tt_scratch_cores(dims, ranks, 1.0 / (3 * in_features), device=device, dtype=dtype)
-        self._register_cores([c.reshape(ranks[k], m, n, ranks[k + 1])
-                              for k, (c, m, n) in enumerate(zip(flat, in_modes, out_modes))])
-        self._init_bias(bias, out_features, in_features, device, dtype)
-        self.tedepr_info = {
-            "format": "tt",
-            "in_modes": in_modes,
-            "out_modes": out_modes,
-            "ranks": ranks,
-            "in_padding": in_pad,
-            "out_padding": out_pad,
-            "weight_layout": weight_layout,
-        }
+        flat = self._scratch_cores(dims, ranks, 1.0 / (3 * in_features), device=device, dtype=dtype)
+        self._init_cores(self.fmt.name, in_modes, out_modes, ranks, in_pad, out_pad,
+                         matrix_cores(flat, in_modes, out_modes, ranks), bias, out_features, in_features,
+                         device, dtype)
+        self.tedepr_info["weight_layout"] = self.weight_layout
+
+    # --- the format's parts ----------------------------------------------------------------------
+
+    @staticmethod
+    def _check_ranks(ranks: list[int], d: int) -> None:
+        """``ValueError`` unless ``ranks`` are ``d + 1`` ranks of the format."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _scratch_cores(dims: list[int], ranks: list[int], target_var: float,
+                       device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Random cores ``(r_{k-1}, q_k, r_k)`` over ``q_k = m_k n_k`` whose weight has entry variance ``target_var``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _svd(tensor: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
+        """The format's decomposition of ``tensor`` ``(q_1, ..., q_d)`` into cores ``(r_{k-1}, q_k, r_k)``."""
+        raise NotImplementedError
+
+    def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
+        """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
+        raise NotImplementedError
+
+    def apply_order(self, rows: torch.Tensor, order: ContractionOrder,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``rows`` ``(B, prod in_modes)`` times the weight, contracted in ``order``, plus ``bias``."""
+        raise NotImplementedError
+
+    def _weight_io(self) -> torch.Tensor:
+        """The effective weight ``(prod in_modes, prod out_modes)`` (padding included)."""
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------------------
 
     @property
     def dense_params(self) -> int:
@@ -171,77 +241,108 @@ class TTLinear(TTCores):
                 f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}, "
                 f"bias={self.bias is not None}")
 
-    def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
-        """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
-        return choose_order(rows, self.in_modes, self.out_modes, self.ranks)
-
     def flops(self, input_shape: tuple[int, ...]) -> int:
-        """FLOPs of one forward (training mode: core merging included), bias excluded."""
-        rows = math.prod(input_shape[:-1])
-        return self.contraction_order(rows)[1]
+        """FLOPs of one forward (training mode: core merging included), bias (and a ring's trace) excluded."""
+        return self.contraction_order(math.prod(input_shape[:-1]))[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"TTLinear expects {self.in_features} input features; got input of shape {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__} expects {self.in_features} input features; "
+                             f"got input of shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)
         if self.in_pad:
             rows = F.pad(rows, (0, self.in_pad))
-        (direction, groups), _ = self.contraction_order(rows.shape[0])
+        order, _ = self.contraction_order(rows.shape[0])
         if self.out_pad:
-            y = tt_chain_apply(rows, self._supercores(groups), direction)[:, : self.out_features]
+            y = self.apply_order(rows, order)[:, : self.out_features]
             if self.bias is not None:
                 y = y + self.bias
         else:
-            y = tt_chain_apply(rows, self._supercores(groups), direction, self.bias)
+            y = self.apply_order(rows, order, self.bias)
         return y.reshape(*lead, self.out_features)
 
     def to_dense(self) -> torch.Tensor:
         """Effective (masked) weight: ``(out, in)`` for the linear layout, ``(in, out)`` for conv1d."""
         with torch.no_grad():
-            full = group_cores([self.masked(n) for n in self.prunable], (len(self.prunable),))[0]
-            w_io = full.reshape(full.shape[1], full.shape[2])[: self.in_features, : self.out_features]
-            return to_layout(w_io, self.weight_layout)
+            return to_layout(self._weight_io()[: self.in_features, : self.out_features], self.weight_layout)
 
     @classmethod
-    def from_linear(
-        cls, module: nn.Module, rank: RankSpec, modes: object = "auto", init: str = "scratch"
-    ) -> TTLinear:
-        """A TT layer replacing ``nn.Linear`` or Hugging Face ``Conv1D``.
+    def from_linear(cls, module: nn.Module, rank: RankSpec, modes: object = "auto", init: str = "scratch") -> Self:
+        """A layer of this format replacing ``nn.Linear`` or Hugging Face ``Conv1D``.
 
         Parameters
         ----------
         module : nn.Linear or transformers Conv1D
             The layer to replace; may live on the ``meta`` device with ``init="scratch"``.
         rank : RankSpec
-            Resolved by :func:`tedepr_fx.formats.tt.resolve_tt_ranks` (not ``"auto"``).
+            Resolved by the format (:attr:`fmt`) over the modes: for TT
+            :func:`tedepr_fx.formats.tt.resolve_tt_ranks`, for TR
+            :func:`tedepr_fx.formats.tr.resolve_tr_ranks` over the dims ``m_k n_k``
+            (not ``"auto"``).
         modes : "auto" or (in_modes, out_modes)
             ``"auto"``: :func:`tedepr_fx.layers.modes.auto_modes` (may pad).
         init : {"scratch", "decompose"}
-            Variance-preserving random cores, or TT-SVD of the module's weight
-            (Oseledets 2011); ``rank="full"`` with ``"decompose"`` is exact.
+            Variance-preserving random cores, or the format's SVD (:meth:`_svd`) of the
+            module's weight permuted to ``(m_1 n_1, ..., m_d n_d)``: TT-SVD (Oseledets
+            2011) or TR-SVD (Zhao et al. 2016, Algorithm 1); ``rank="full"`` with
+            ``"decompose"`` is exact. The bias is copied either way.
         """
         init = check_init(init)
         rank = check_build_rank(rank)
-        layout, in_f, out_f = linear_layout(module, "TTLinear.from_linear")
+        layout, in_f, out_f = linear_layout(module, f"{cls.__name__}.from_linear")
         in_modes, out_modes, in_pad, out_pad = select_modes(modes, in_f, out_f)
-        ranks = resolve_tt_ranks(rank, in_modes, out_modes)
-        # nn.Linear / Conv1D (linear_layout checked): a weight Parameter, a bias Parameter or None
-        weight = cast(torch.Tensor, module.weight)
-        bias = cast("torch.Tensor | None", module.bias)
-        new = cls(in_f, out_f, in_modes, out_modes, ranks, bias=bias is not None,
+        ranks = cls.fmt.resolve_ranks(rank, (in_modes, out_modes))
+        weight = weight_in_out(module)  # a view: device and dtype of the module's weight
+        new = cls(in_f, out_f, in_modes, out_modes, ranks, bias=module.bias is not None,
                   weight_layout=layout, in_pad=in_pad, out_pad=out_pad,
                   device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            if bias is not None and weight.device.type != "meta":
-                new.bias.copy_(bias)
-            if init == "decompose":
-                if weight.device.type == "meta":
-                    raise ValueError("init='decompose' needs real weights; the module is on the meta device")
-                cores = decompose_tt_matrix(weight_in_out(module), in_modes, out_modes, ranks)
-                for k, core in enumerate(cores):
-                    getattr(new, f"core_{k}").copy_(core)
+        # nn.Linear / Conv1D (linear_layout checked): a bias Parameter or None
+        new._copy_from(weight, cast("torch.Tensor | None", module.bias), init,
+                       lambda: decompose_tt_matrix(weight, in_modes, out_modes, ranks, svd=cls._svd), "the module")
         return new
+
+
+class TTLinear(TTMatrixLinear):
+    """A linear layer whose weight is a TT-matrix (Novikov et al., NeurIPS 2015).
+
+    Constructor parameters as :class:`TTMatrixLinear`; ``ranks`` are ``d + 1`` TT ranks
+    with ends 1 (see :func:`tedepr_fx.formats.tt.resolve_tt_ranks`).
+
+    Notes
+    -----
+    The cores are initialised so that the rebuilt weight has the entry variance of
+    ``nn.Linear``'s default init, ``1 / (3 in_features)`` (:func:`tt_scratch_cores`).
+    ``init="decompose"`` runs TT-SVD (Oseledets 2011).
+
+    References
+    ----------
+    Novikov, Podoprikhin, Osokin and Vetrov, "Tensorizing Neural Networks", NeurIPS 2015.
+    Oseledets, "Tensor-Train Decomposition", SIAM J. Sci. Comput. 33(5), 2011.
+    """
+
+    fmt = TT
+    _scratch_cores = staticmethod(tt_scratch_cores)
+    _svd = staticmethod(tt_svd)
+
+    @staticmethod
+    def _check_ranks(ranks: list[int], d: int) -> None:
+        _check_tt_ranks(ranks, d + 1)
+
+    def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
+        """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
+        return choose_order(rows, self.in_modes, self.out_modes, self.ranks)
+
+    def apply_order(self, rows: torch.Tensor, order: ContractionOrder,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``rows`` ``(B, prod in_modes)`` times the weight, contracted in ``order``, plus ``bias``."""
+        direction, groups = order
+        return tt_chain_apply(rows, self._supercores(groups), direction, bias)
+
+    def _weight_io(self) -> torch.Tensor:
+        full = group_cores([self.masked(n) for n in self.prunable], (len(self.prunable),))[0]
+        return full.reshape(full.shape[1], full.shape[2])
+
 
 class TTConv2d(TTCores):
     """A 2-d convolution whose kernel is a TT with the spatial kernel as an extra core.
@@ -281,8 +382,9 @@ class TTConv2d(TTCores):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        in_modes, out_modes, ranks = list(in_modes), list(out_modes), list(ranks)
-        _check_layout(in_modes, out_modes, ranks, in_channels, out_channels, in_pad, out_pad, len(in_modes) + 2)
+        in_modes, out_modes, ranks = _checked_modes(in_modes, out_modes, ranks, in_channels, out_channels,
+                                                    in_pad, out_pad)
+        _check_tt_ranks(ranks, len(in_modes) + 2)
         # a meta conv computes the canonical attributes (tuples, 'same' padding amounts) for us
         ref = nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding, dilation=dilation,
                         padding_mode=padding_mode, device="meta")
@@ -290,23 +392,13 @@ class TTConv2d(TTCores):
         self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
         self.dilation, self.padding_mode = ref.dilation, ref.padding_mode
         self._reversed_padding_repeated_twice = list(ref._reversed_padding_repeated_twice)
-        self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, ranks
-        self.in_pad, self.out_pad = in_pad, out_pad
         kh, kw = self.kernel_size
         fan_in = in_channels * kh * kw
         dims = [kh * kw] + [m * n for m, n in zip(in_modes, out_modes)]
         flat = tt_scratch_cores(dims, ranks, 1.0 / (3 * fan_in), device=device, dtype=dtype)
-        self._register_cores(_conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw))
-        self._init_bias(bias, out_channels, fan_in, device, dtype)
-        self.tedepr_info = {
-            "format": "tt",
-            "in_modes": in_modes,
-            "out_modes": out_modes,
-            "ranks": ranks,
-            "spatial_rank": ranks[1],
-            "in_padding": in_pad,
-            "out_padding": out_pad,
-        }
+        self._init_cores(TT.name, in_modes, out_modes, ranks, in_pad, out_pad,
+                         _conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw), bias, out_channels,
+                         fan_in, device, dtype, spatial_rank=ranks[1])
 
     @property
     def dense_params(self) -> int:
@@ -338,14 +430,16 @@ class TTConv2d(TTCores):
     def flops(self, input_shape: tuple[int, ...]) -> int:
         return self.contraction_order(tuple(input_shape))[2]
 
-    def _dense_kernel(self) -> torch.Tensor:
-        d = len(self.in_modes)
-        channel = self._supercores((d,))[0]  # (r0, Cin_pad, Cout_pad, 1)
+    def _kernel(self, channel: torch.Tensor) -> torch.Tensor:
+        """The kernel ``(out, in, kh, kw)`` from the merged channel core ``(r0, Cin_pad, Cout_pad, 1)``."""
         channel = channel[:, : self.in_channels, : self.out_channels, 0]
         spatial = self.masked("core_0")  # (r0, 1, kh, kw)
         r0 = spatial.shape[0]
         w = channel.reshape(r0, -1).t() @ spatial.reshape(r0, -1)  # (Cin * Cout, kh * kw)
         return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1)
+
+    def _dense_kernel(self) -> torch.Tensor:
+        return self._kernel(self._supercores((len(self.in_modes),))[0])
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -384,13 +478,8 @@ class TTConv2d(TTCores):
     def to_dense(self) -> torch.Tensor:
         """Effective (masked) kernel ``(out, in, kh, kw)``."""
         with torch.no_grad():
-            d = len(self.in_modes)
-            channel = group_cores([self.masked(n) for n in self._channel_names()], (d,))[0]
-            channel = channel[:, : self.in_channels, : self.out_channels, 0]
-            spatial = self.masked("core_0")
-            r0 = spatial.shape[0]
-            w = channel.reshape(r0, -1).t() @ spatial.reshape(r0, -1)
-            return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1).contiguous()
+            channel = group_cores([self.masked(n) for n in self._channel_names()], (len(self.in_modes),))[0]
+            return self._kernel(channel).contiguous()
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: RankSpec, modes: object = "auto", init: str = "scratch") -> TTConv2d:
@@ -417,31 +506,30 @@ class TTConv2d(TTCores):
                   dilation=cast(Pair, conv.dilation),
                   bias=conv.bias is not None, padding_mode=conv.padding_mode,
                   in_pad=in_pad, out_pad=out_pad, device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            if conv.bias is not None and weight.device.type != "meta":
-                new.bias.copy_(conv.bias)
-            if init == "decompose":
-                if weight.device.type == "meta":
-                    raise ValueError("init='decompose' needs real weights; the convolution is on the meta device")
-                d = len(in_modes)
-                cin, cout = math.prod(in_modes), math.prod(out_modes)
-                w = weight.reshape(weight.shape[0], weight.shape[1], kh * kw)
-                if (cout, cin) != tuple(w.shape[:2]):
-                    w = F.pad(w, (0, 0, 0, cin - w.shape[1], 0, cout - w.shape[0]))
-                # (n_1..n_d, m_1..m_d, s) -> (s, m_1, n_1, ..., m_d, n_d)
-                perm = [2 * d] + [i for k in range(d) for i in (d + k, k)]
-                t = w.reshape(*out_modes, *in_modes, kh * kw).permute(*perm)
-                t = t.reshape([kh * kw] + [m * n for m, n in zip(in_modes, out_modes)])
-                flat = tt_svd(t, ranks)
-                for k, core in enumerate(_conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw)):
-                    getattr(new, f"core_{k}").copy_(core)
+        new._copy_from(weight, conv.bias, init,
+                       lambda: _decompose_conv(weight, in_modes, out_modes, ranks), "the convolution")
         return new
+
+
+def _decompose_conv(weight: torch.Tensor, in_modes: list[int], out_modes: list[int],
+                    ranks: list[int]) -> list[torch.Tensor]:
+    """TT-SVD (Oseledets 2011) of a kernel ``(out, in, kh, kw)``, zero-padded to the modes and
+    permuted to ``(kh*kw, m_1 n_1, ..., m_d n_d)``, as the cores of :class:`TTConv2d`."""
+    d = len(in_modes)
+    kh, kw = weight.shape[2], weight.shape[3]
+    cin, cout = math.prod(in_modes), math.prod(out_modes)
+    w = weight.reshape(weight.shape[0], weight.shape[1], kh * kw)
+    if (cout, cin) != tuple(w.shape[:2]):
+        w = F.pad(w, (0, 0, 0, cin - w.shape[1], 0, cout - w.shape[0]))
+    # (n_1..n_d, m_1..m_d, s) -> (s, m_1, n_1, ..., m_d, n_d)
+    perm = [2 * d] + [i for k in range(d) for i in (d + k, k)]
+    t = w.reshape(*out_modes, *in_modes, kh * kw).permute(*perm)
+    t = t.reshape([kh * kw] + [m * n for m, n in zip(in_modes, out_modes)])
+    return _conv_cores_from_flat(tt_svd(t, ranks), ranks, in_modes, out_modes, kh, kw)
 
 
 def _conv_cores_from_flat(flat: Sequence[torch.Tensor], ranks: Sequence[int], in_modes: Sequence[int],
                           out_modes: Sequence[int], kh: int, kw: int) -> list[torch.Tensor]:
     """TT cores over ``(kh*kw, m_1 n_1, ...)`` -> spatial filter bank plus TT-matrix cores."""
     spatial = flat[0].reshape(kh * kw, ranks[1]).t().reshape(ranks[1], 1, kh, kw).contiguous()
-    channel = [c.reshape(ranks[k + 1], m, n, ranks[k + 2])
-               for k, (c, m, n) in enumerate(zip(flat[1:], in_modes, out_modes))]
-    return [spatial, *channel]
+    return [spatial, *matrix_cores(flat[1:], in_modes, out_modes, ranks[1:])]

@@ -19,7 +19,7 @@ import fnmatch
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, Union, cast
 
 from pydantic import (
     ConfigDict,
@@ -114,7 +114,8 @@ class Budget(_Model):
     @property
     def target_density(self) -> float:
         """Share of the counted weights that is kept: ``1 - sparsity``, or ``density``."""
-        return self.density if self.density is not None else 1.0 - self.sparsity  # type: ignore[operator]
+        # _exactly_one guarantees sparsity is set whenever density is not
+        return self.density if self.density is not None else 1.0 - cast(float, self.sparsity)
 
 
 class Defaults(_Model):
