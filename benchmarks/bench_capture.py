@@ -59,13 +59,13 @@ def timed(fn, reps: int) -> tuple[float, list[float], object]:
 # (file suffix, function name, label): the stages of transform the breakdown reports
 STAGES = [
     ("copy.py", "deepcopy", "copy.deepcopy, all calls (calls count recursion)"),
-    ("capture.py", "capture", "capture (trace + record + verify)"),
-    ("capture.py", "record_calls", "  capture: record_calls (hooked forward)"),
-    ("capture.py", "_verify", "  capture: _verify (original vs traced, current mode + eval)"),
-    ("capture.py", "_run", "  capture: every _run forward (inside record and verify)"),
+    ("capture/__init__.py", "capture", "capture (trace + record + verify)"),
+    ("capture/run.py", "record_calls", "  capture: record_calls (hooked forward)"),
+    ("capture/run.py", "verify_region", "  capture: verify_region (original vs traced, current mode + eval)"),
+    ("capture/run.py", "run_seeded", "  capture: every run_seeded forward (inside record and verify)"),
     ("match.py", "match", "match"),
     ("factorize.py", "factorize", "factorize (build TT layers, factor init)"),
-    ("prune.py", "prune", "prune (returns at once: no budget)"),
+    ("prune.py", "score_and_mask", "score_and_mask (returns at once: no budget)"),
     ("recompile.py", "recompile", "recompile"),
 ]
 
@@ -124,7 +124,7 @@ def main() -> None:
     prof_text, stages, prof_total = profile_once(
         lambda: tedepr_fx.transform(model, rules, example_inputs=(x,), seed=0, verbose=False), args.top)
     load_after = os.getloadavg()
-    runs, run_s = next((n, ct) for label, n, ct in stages if "_run" in label)
+    runs, run_s = next((n, ct) for label, n, ct in stages if "run_seeded" in label)
 
     def fmt(ts):
         return ", ".join(f"{t:.2f}" for t in ts)
@@ -174,7 +174,7 @@ def main() -> None:
         "|---|---:|---:|---:|",
         *[f"| {label} | {n} | {ct:.2f} | {ct / prof_total:.0%} |" for label, n, ct in stages],
         "",
-        f"Capture ran {runs} forward passes (`_run`: the traced root checked against the original "
+        f"Capture ran {runs} forward passes (`run_seeded`: the traced root checked against the original "
         f"on a two-sample slice of the example; layer input shapes are recorded on the meta device), "
         f"{run_s:.2f} s in all against {fwd:.2f} s for the timed dense forward at batch 8, "
         f"{run_s / prof_total:.0%} of the profiled transform.",

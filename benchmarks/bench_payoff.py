@@ -88,7 +88,7 @@ def run_one(method: str, sparsity: float | None, seed: int, data, epochs: int, r
                                     verbose=False)
         rep = tedepr_fx.report(model)
         totals = rep.totals
-        ranks = "; ".join(f"{r.name} {r.ranks}" for r in rep.rows if r.ranks)
+        ranks = "; ".join(f"{r.name} {r.ranks_text}" for r in rep.rows if r.ranks)
         kept, totals_dense = totals["kept"], totals["dense"]
         masks = mask_count(model)
     t_prune = time.perf_counter() - t0

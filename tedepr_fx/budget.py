@@ -307,13 +307,17 @@ def apply_masks(model_or_targets: nn.Module | Sequence[Target], masks: dict[str,
 
 
 def pooled_density(groups: Sequence[Group]) -> float:
-    """The density iterative scorers aim at: ``sum(budgets) / sum(stored)`` over ``groups``.
+    """The density iterative scorers aim at: ``sum(density x counted) / sum(stored)`` over ``groups``.
 
-    Budgets are in entries (:attr:`Group.budget`), so a budget counted ``of: dense``
-    above what a small factorization stores gives a density above 1, clamped to 1.
+    ``counted`` is the dense weight count (``of: dense``) or the stored count (``of:
+    factors``); the budgets are not rounded to entries here, so the schedule of SynFlow and
+    FORCE does not move with the rounding (at 99.9 % sparsity their masks do). A budget
+    counted ``of: dense`` above what a small factorization stores gives a density above 1,
+    clamped to 1.
     """
     stored = sum(g.stored for g in groups)
-    return min(1.0, sum(g.budget for g in groups) / stored) if stored else 1.0
+    wanted = sum(g.density * (g.dense_params if g.of == "dense" else g.stored) for g in groups)
+    return min(1.0, wanted / stored) if stored else 1.0
 
 
 def predicted_kept(group: Group) -> int:

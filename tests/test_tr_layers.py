@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import tedepr_fx
 from tedepr_fx.decompose.tr import tr_exact_ranks, tr_svd
-from tedepr_fx.formats.tr import TRLinear, resolve_tr_ranks, tr_params
+from tedepr_fx.formats.tr import TRConv2d, TRLinear, resolve_tr_ranks, tr_params
 from tedepr_fx.layers.contraction import candidate_orders
 
 
@@ -186,3 +186,75 @@ def test_format_tr_from_rules_reproduces_the_model():
     out = tedepr_fx.transform(model, rules, example_inputs=(x,))
     torch.testing.assert_close(out(x), model(x), rtol=1e-4, atol=1e-5)
     assert [r.new_type for r in tedepr_fx.report(out).rows] == ["TRLinear", "TRLinear"]
+
+
+# --- TRConv2d ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cin,cout,k,kw", [
+    (6, 10, 3, {}),
+    (6, 10, 3, {"stride": 2, "padding": 1}),
+    (4, 6, 3, {"padding": 1, "padding_mode": "reflect"}),
+    (4, 6, (3, 2), {"padding": (1, 0), "bias": False}),
+    (7, 11, 1, {}),
+])
+def test_tr_conv_full_rank_decompose_is_exact(cin, cout, k, kw):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, k, **kw).double()
+    layer = TRConv2d.from_conv(conv, "full", init="decompose")
+    x = torch.randn(2, cin, 9, 8, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, conv(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.to_dense(), conv.weight.detach(), rtol=1e-10, atol=1e-10)
+    if math.prod(conv.kernel_size) > 1:
+        assert layer.ranks[0] == layer.ranks[-1] > 1  # a real ring over the kernel, not a TT
+    grad, = torch.autograd.grad(y.sum(), x)
+    grad_ref, = torch.autograd.grad(conv(x).sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_tr_conv_both_paths_are_exact_and_the_choice_is_the_flop_argmin():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    for hw, rank, expected in ((20, 2, "factors"), (4, "full", "dense")):
+        layer = TRConv2d.from_conv(conv, rank).double()
+        assert layer.ranks[0] == layer.ranks[-1] > 1
+        x = torch.randn(2, 16, hw, hw, dtype=torch.float64)
+        kind, _, cost = layer.contraction_order(tuple(x.shape))
+        assert kind == expected
+        reference = nn.functional.conv2d(x, layer.to_dense(), None, 1, 1)
+        torch.testing.assert_close(layer(x), reference, rtol=1e-10, atol=1e-10)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            layer(x)
+        # the trace over the ring's boundary bond is additions only and not counted
+        assert cost == layer.flops(tuple(x.shape)) == counter.get_total_flops()
+
+
+def test_tr_conv_pruned_entries_have_no_effect_and_accounting():
+    torch.manual_seed(0)
+    layer = TRConv2d.from_conv(nn.Conv2d(4, 6, 3, padding=1), 2)
+    x = torch.randn(2, 4, 5, 5)
+    stored = sum(math.prod(getattr(layer, n).shape) for n in layer.prunable)
+    assert layer.stored_params() == stored and layer.dense_params == 6 * 4 * 3 * 3
+    gen = torch.Generator().manual_seed(1)
+    for name in layer.prunable:
+        layer.set_mask(name, torch.rand(getattr(layer, name).shape, generator=gen) < 0.5)
+    before = layer(x)
+    with torch.no_grad():
+        for name in layer.prunable:
+            getattr(layer, name)[~layer.get_mask(name)] = 123.0
+    torch.testing.assert_close(layer(x), before)
+    assert layer.kept_params() == sum(int(layer.get_mask(n).sum()) for n in layer.prunable)
+
+
+def test_format_tr_on_a_cnn_from_rules():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    x = torch.randn(2, 3, 6, 6)
+    rules = {"version": 1, "defaults": {"init": "decompose"},
+             "rules": [{"name": "all", "match": {"type": ["Conv2d", "Linear"]}, "action": "factorize",
+                        "factorize": {"format": "tr", "rank": "full"}}]}
+    out = tedepr_fx.transform(model, rules, example_inputs=(x,))
+    torch.testing.assert_close(out(x), model(x), rtol=1e-4, atol=1e-5)
+    assert [r.new_type for r in tedepr_fx.report(out).rows] == ["TRConv2d", "TRLinear"]

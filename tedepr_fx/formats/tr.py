@@ -44,7 +44,7 @@ from tedepr_fx.layers.contraction import (
     tt_chain_apply,
     tt_flops,
 )
-from tedepr_fx.layers.tt import TTMatrixLinear
+from tedepr_fx.layers.tt import TTMatrixConv2d, TTMatrixLinear
 from tedepr_fx.ranks import RankSpec
 
 # --- ranks ---------------------------------------------------------------------------------------
@@ -170,7 +170,8 @@ class TensorRing(Format[ModesShape]):
     has_modes = True
 
     def builders(self) -> dict[str, Builder]:
-        return {"linear": TRLinear.from_linear, "hf_conv1d": TRLinear.from_linear}
+        return {"linear": TRLinear.from_linear, "hf_conv1d": TRLinear.from_linear,
+                "conv2d": TRConv2d.from_conv}
 
     def max_ranks(self, shape: ModesShape) -> list[int]:
         return tr_exact_ranks([m * n for m, n in zip(*shape)])
@@ -185,7 +186,15 @@ class TensorRing(Format[ModesShape]):
 TR = TensorRing()
 
 
-# --- the layer -----------------------------------------------------------------------------------
+# --- the layers ----------------------------------------------------------------------------------
+
+
+def _check_tr_ranks(ranks: list[int], d: int) -> None:
+    """``ValueError`` unless ``ranks`` are ``d + 1`` positive ring ranks (``ranks[0] == ranks[d]``)."""
+    if d < 2:
+        raise ValueError(f"a tensor ring needs d >= 2 cores; got d = {d}")
+    if len(ranks) != d + 1 or ranks[0] != ranks[-1] or min(ranks) < 1:
+        raise ValueError(f"ranks must be {d + 1} positive ints with ranks[0] == ranks[-1]; got {ranks}")
 
 
 class TRLinear(TTMatrixLinear):
@@ -211,13 +220,7 @@ class TRLinear(TTMatrixLinear):
     fmt = TR
     _scratch_cores = staticmethod(tr_scratch_cores)
     _svd = staticmethod(tr_svd)
-
-    @staticmethod
-    def _check_ranks(ranks: list[int], d: int) -> None:
-        if d < 2:
-            raise ValueError(f"a tensor ring needs d >= 2 modes each; got d = {d}")
-        if len(ranks) != d + 1 or ranks[0] != ranks[-1] or min(ranks) < 1:
-            raise ValueError(f"ranks must be {d + 1} positive ints with ranks[0] == ranks[-1]; got {ranks}")
+    _check_ranks = staticmethod(_check_tr_ranks)
 
     def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
         """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
@@ -250,3 +253,25 @@ class TRLinear(TTMatrixLinear):
                                 lambda: group_cores(self._tt_cores(), groups))
             out = _trace(tt_chain_apply(rows, cores, direction), self.ranks[0], math.prod(self.out_modes))
         return out if bias is None else out + bias
+
+
+class TRConv2d(TTMatrixConv2d):
+    """A 2-d convolution whose kernel is a tensor ring over ``[kh kw, m_1 n_1, ..., m_d n_d]``.
+
+    The ring of Wang et al., "Wide Compression: Tensor Ring Nets" (CVPR 2018), over the
+    spatial kernel and the tensorized channels, computed as
+    :class:`~tedepr_fx.layers.tt.TTMatrixConv2d` computes the TT convolution, with the
+    boundary bond ``R = ranks[0] = ranks[-1]`` traced: ``core_0`` holds ``R r_0`` spatial
+    filters ``(R r_0, 1, kh, kw)``, the channel cores are TR-matrix cores. ``init="decompose"``
+    runs TR-SVD (Zhao et al. 2016, Algorithm 1); at ``rank="full"`` it is exact.
+
+    References
+    ----------
+    Wang, Sun, Eriksson, Wang and Aggarwal, "Wide Compression: Tensor Ring Nets", CVPR 2018.
+    Zhao, Zhou, Xie, Zhang and Cichocki, "Tensor Ring Decomposition", arXiv:1606.05535, 2016.
+    """
+
+    fmt = TR
+    _scratch_cores = staticmethod(tr_scratch_cores)
+    _svd = staticmethod(tr_svd)
+    _check_ranks = staticmethod(_check_tr_ranks)

@@ -24,7 +24,7 @@ from torch import nn
 
 from tedepr_fx.decompose.tt import tt_scratch_cores, tt_svd
 from tedepr_fx.formats.base import Format, check_build_rank, check_init
-from tedepr_fx.formats.tt import TT, ModesShape, decompose_tt_matrix, matrix_cores, resolve_tt_ranks
+from tedepr_fx.formats.tt import TT, ModesShape, decompose_tt_matrix, matrix_cores
 from tedepr_fx.layers.cache import EvalCache
 from tedepr_fx.layers.contraction import (
     ContractionOrder,
@@ -74,6 +74,26 @@ class TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
     bias init, the build from a dense layer and the eval-mode cache of merged cores."""
 
     _first_channel_core = 0
+
+    # --- the format's parts: a subclass binds its format's functions -------------------------------
+
+    @staticmethod
+    def _check_ranks(ranks: list[int], d: int) -> None:
+        """``ValueError`` unless ``ranks`` are ``d + 1`` ranks of the format (``d`` cores)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _scratch_cores(dims: list[int], ranks: list[int], target_var: float,
+                       device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Random cores ``(r_{k-1}, q_k, r_k)`` over ``dims`` whose dense weight has entry variance
+        ``target_var``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _svd(tensor: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
+        """The format's decomposition of ``tensor`` ``(q_1, ..., q_d)`` into cores ``(r_{k-1}, q_k, r_k)``."""
+        raise NotImplementedError
 
     def _init_cores(self, fmt: str, in_modes: list[int], out_modes: list[int], ranks: list[int],
                     in_pad: int, out_pad: int, cores: list[torch.Tensor], bias: bool, out_features: int,
@@ -198,24 +218,7 @@ class TTMatrixLinear(TTCores):
                          device, dtype)
         self.tedepr_info["weight_layout"] = self.weight_layout
 
-    # --- the format's parts ----------------------------------------------------------------------
-
-    @staticmethod
-    def _check_ranks(ranks: list[int], d: int) -> None:
-        """``ValueError`` unless ``ranks`` are ``d + 1`` ranks of the format."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _scratch_cores(dims: list[int], ranks: list[int], target_var: float,
-                       device: torch.device | str | None = None,
-                       dtype: torch.dtype | None = None) -> list[torch.Tensor]:
-        """Random cores ``(r_{k-1}, q_k, r_k)`` over ``q_k = m_k n_k`` whose weight has entry variance ``target_var``."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _svd(tensor: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
-        """The format's decomposition of ``tensor`` ``(q_1, ..., q_d)`` into cores ``(r_{k-1}, q_k, r_k)``."""
-        raise NotImplementedError
+    # --- the format's parts (and :meth:`TTCores._check_ranks`, ``_scratch_cores``, ``_svd``) -----
 
     def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
         """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
@@ -344,24 +347,32 @@ class TTLinear(TTMatrixLinear):
         return full.reshape(full.shape[1], full.shape[2])
 
 
-class TTConv2d(TTCores):
-    """A 2-d convolution whose kernel is a TT with the spatial kernel as an extra core.
+class TTMatrixConv2d(TTCores):
+    """A 2-d convolution whose kernel is a chain of cores with the spatial kernel as the first.
 
     Garipov et al., "Ultimate tensorization: compressing convolutional and FC layers
-    alike" (NIPS 2016 workshop): ``W[o, i, y, x] = sum_{r_0} S[r_0, y, x] T[r_0, i, o]``
-    where ``T`` is a TT-matrix over the tensorized channels. ``core_0`` is the
-    spatial core ``(r_0, 1, kh, kw)`` (a bank of ``r_0`` single-channel filters);
-    ``core_1..core_d`` are TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` over the channels.
+    alike" (NIPS 2016 workshop): ``W[o, i, y, x] = sum S[a, b, y, x] T[b, i, o, a]`` where
+    ``S`` is the spatial core and ``T`` the TT-matrix over the tensorized channels. The
+    bond ``a`` joins the last channel core back to the spatial core: it has size
+    ``R = ranks[0] = ranks[-1]``, 1 for a tensor train (:class:`TTConv2d`) and the ring's
+    boundary rank for a tensor ring (:class:`tedepr_fx.formats.tr.TRConv2d`; Wang et al.,
+    CVPR 2018). ``core_0`` is the spatial core stored as ``R r_0`` single-channel filters
+    ``(R r_0, 1, kh, kw)`` (``a`` outer); ``core_1..core_d`` are TT-matrix cores
+    ``(r_{k-1}, m_k, n_k, r_k)`` over the channels, the last one's right rank ``R``.
 
-    The forward either (a) convolves every input channel with the ``r_0`` spatial
-    filters, then contracts ``(r_0, channels)`` with the channel cores, or (b)
-    rebuilds the dense kernel and runs one ``conv2d``, whichever needs fewer FLOPs
-    for the actual input shape. Only ``groups=1`` convolutions are supported.
+    The forward either (a) convolves every input channel with the ``R r_0`` spatial
+    filters, then contracts ``(r_0, channels)`` with the channel cores for each ``a`` and
+    sums over ``a`` (the ring's trace), or (b) rebuilds the dense kernel and runs one
+    ``conv2d``, whichever needs fewer FLOPs for the actual input shape. Only ``groups=1``
+    convolutions are supported.
 
-    ``ranks`` has ``d + 2`` entries ``[1, r_0, r_1, ..., r_{d-1}, 1]``.
+    ``ranks`` has ``d + 2`` entries ``[R, r_0, r_1, ..., r_{d-1}, R]`` over the dims
+    ``[kh kw, m_1 n_1, ..., m_d n_d]``. A subclass sets :attr:`fmt` and supplies
+    :meth:`_check_ranks`, :meth:`_scratch_cores` and :meth:`_svd`.
     """
 
     _first_channel_core = 1
+    fmt: ClassVar[Format[ModesShape]]
 
     def __init__(
         self,
@@ -384,7 +395,7 @@ class TTConv2d(TTCores):
         super().__init__()
         in_modes, out_modes, ranks = _checked_modes(in_modes, out_modes, ranks, in_channels, out_channels,
                                                     in_pad, out_pad)
-        _check_tt_ranks(ranks, len(in_modes) + 2)
+        self._check_ranks(ranks, len(in_modes) + 1)
         # a meta conv computes the canonical attributes (tuples, 'same' padding amounts) for us
         ref = nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding, dilation=dilation,
                         padding_mode=padding_mode, device="meta")
@@ -395,10 +406,12 @@ class TTConv2d(TTCores):
         kh, kw = self.kernel_size
         fan_in = in_channels * kh * kw
         dims = [kh * kw] + [m * n for m, n in zip(in_modes, out_modes)]
-        flat = tt_scratch_cores(dims, ranks, 1.0 / (3 * fan_in), device=device, dtype=dtype)
-        self._init_cores(TT.name, in_modes, out_modes, ranks, in_pad, out_pad,
+        flat = self._scratch_cores(dims, ranks, 1.0 / (3 * fan_in), device=device, dtype=dtype)
+        self._init_cores(self.fmt.name, in_modes, out_modes, ranks, in_pad, out_pad,
                          _conv_cores_from_flat(flat, ranks, in_modes, out_modes, kh, kw), bias, out_channels,
                          fan_in, device, dtype, spatial_rank=ranks[1])
+
+    # --- shared ----------------------------------------------------------------------------------
 
     @property
     def dense_params(self) -> int:
@@ -409,37 +422,56 @@ class TTConv2d(TTCores):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}")
 
+    def _chain_shape(self) -> tuple[list[int], list[int]]:
+        """Out modes and ranks of the channel chain with the closing bond folded into the last
+        output mode: ``(n_1, ..., n_d R)``, ``[r_0, ..., r_{d-1}, 1]``."""
+        ring = self.ranks[0]
+        out = list(self.out_modes)
+        out[-1] *= ring
+        return out, [*self.ranks[1:-1], 1]
+
     def contraction_order(self, input_shape: tuple[int, ...]) -> tuple[str, ContractionOrder, int]:
         """``("factors", order, flops)`` or ``("dense", order, flops)`` for an input shape."""
         batch = input_shape[0] if len(input_shape) == 4 else 1
         out_h, out_w = conv2d_output_hw(input_shape[-2:], self.kernel_size, self.stride,
                                         self.padding, self.dilation)
         khkw = self.kernel_size[0] * self.kernel_size[1]
-        r0 = self.ranks[1]
+        filters = self.ranks[0] * self.ranks[1]
         pixels = batch * out_h * out_w
-        order, chain = choose_order(pixels, self.in_modes, self.out_modes, self.ranks[1:])
-        factors = 2 * batch * self.in_channels * out_h * out_w * r0 * khkw + chain
+        chain_out, chain_ranks = self._chain_shape()
+        order, chain = choose_order(pixels * self.ranks[0], self.in_modes, chain_out, chain_ranks)
+        factors = 2 * batch * self.in_channels * out_h * out_w * filters * khkw + chain
         d = len(self.in_modes)
-        merge = tt_flops(0, self.in_modes, self.out_modes, self.ranks[1:], (d,))
-        dense = (merge + 2 * r0 * khkw * self.in_channels * self.out_channels
+        merge = tt_flops(0, self.in_modes, chain_out, chain_ranks, (d,))
+        dense = (merge + 2 * filters * khkw * self.in_channels * self.out_channels
                  + 2 * pixels * self.out_channels * self.in_channels * khkw)
         if dense < factors:
             return "dense", ("ltr", (d,)), dense
         return "factors", order, factors
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
+        """FLOPs of one forward (core merging included), bias and a ring's trace excluded."""
         return self.contraction_order(tuple(input_shape))[2]
 
-    def _kernel(self, channel: torch.Tensor) -> torch.Tensor:
-        """The kernel ``(out, in, kh, kw)`` from the merged channel core ``(r0, Cin_pad, Cout_pad, 1)``."""
-        channel = channel[:, : self.in_channels, : self.out_channels, 0]
-        spatial = self.masked("core_0")  # (r0, 1, kh, kw)
-        r0 = spatial.shape[0]
-        w = channel.reshape(r0, -1).t() @ spatial.reshape(r0, -1)  # (Cin * Cout, kh * kw)
-        return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1)
+    def _channel_cores(self) -> list[torch.Tensor]:
+        """The masked channel cores, the last one's right rank folded into its output mode."""
+        cores = [self.masked(n) for n in self._channel_names()]
+        r, m, n, ring = cores[-1].shape
+        cores[-1] = cores[-1].reshape(r, m, n * ring, 1)
+        return cores
 
-    def _dense_kernel(self) -> torch.Tensor:
-        return self._kernel(self._supercores((len(self.in_modes),))[0])
+    def _channel_supercores(self, groups: Groups) -> list[torch.Tensor]:
+        return self.cached("supercores", groups, self._channel_names(),
+                           lambda: group_cores(self._channel_cores(), groups))
+
+    def _kernel(self, channel: torch.Tensor) -> torch.Tensor:
+        """The kernel ``(out, in, kh, kw)`` from the merged channel core ``(r0, Cin_pad, Cout_pad R, 1)``."""
+        ring, r0 = self.ranks[0], self.ranks[1]
+        channel = channel.reshape(r0, channel.shape[1], -1, ring)[:, : self.in_channels, : self.out_channels]
+        spatial = self.masked("core_0")  # (R r0, 1, kh, kw), filters ordered (a, b)
+        # W[(i, o), s] = sum_{a, b} T[b, i, o, a] S[(a, b), s]
+        w = channel.permute(3, 0, 1, 2).reshape(ring * r0, -1).t() @ spatial.reshape(ring * r0, -1)
+        return w.reshape(self.in_channels, self.out_channels, *self.kernel_size).transpose(0, 1)
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -452,22 +484,26 @@ class TTConv2d(TTCores):
         if unbatched:
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"TTConv2d expects (N, {self.in_channels}, H, W) input; got {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__} expects (N, {self.in_channels}, H, W) input; "
+                             f"got {tuple(x.shape)}")
         kind, (direction, groups), _ = self.contraction_order(tuple(x.shape))
         if kind == "dense":
-            y = self._conv(x, self._dense_kernel())
+            y = self._conv(x, self._kernel(self._channel_supercores(groups)[0]))
         else:
             batch, chans, h, w = x.shape
-            spatial = self.masked("core_0")
-            r0 = spatial.shape[0]
-            # every input channel through the r0 spatial filters: (B*C, r0, H', W')
-            z = self._conv(x.reshape(batch * chans, 1, h, w), spatial)
+            ring, r0 = self.ranks[0], self.ranks[1]
+            # every input channel through the R r0 spatial filters: (B*C, R r0, H', W')
+            z = self._conv(x.reshape(batch * chans, 1, h, w), self.masked("core_0"))
             oh, ow = z.shape[-2:]
-            z = z.reshape(batch, chans, r0, oh, ow).permute(0, 3, 4, 2, 1)  # (B, H', W', r0, C)
+            z = z.reshape(batch, chans, ring, r0, oh, ow).permute(0, 4, 5, 2, 3, 1)  # (B, H', W', R, r0, C)
             if self.in_pad:
                 z = F.pad(z, (0, self.in_pad))
-            rows = z.reshape(batch * oh * ow, r0 * (chans + self.in_pad))
-            out = tt_chain_apply(rows, self._supercores(groups), direction)
+            rows = z.reshape(batch * oh * ow * ring, r0 * (chans + self.in_pad))
+            out = tt_chain_apply(rows, self._channel_supercores(groups), direction)
+            if ring > 1:  # the trace: the spatial core's a meets the last channel core's a
+                out = torch.diagonal(out.reshape(batch * oh * ow, ring, -1, ring), dim1=1, dim2=3).sum(-1)
+            else:
+                out = out.reshape(batch * oh * ow, -1)
             if self.out_pad:
                 out = out[:, : self.out_channels]
             y = out.reshape(batch, oh, ow, self.out_channels).permute(0, 3, 1, 2)
@@ -478,27 +514,28 @@ class TTConv2d(TTCores):
     def to_dense(self) -> torch.Tensor:
         """Effective (masked) kernel ``(out, in, kh, kw)``."""
         with torch.no_grad():
-            channel = group_cores([self.masked(n) for n in self._channel_names()], (len(self.in_modes),))[0]
+            channel = group_cores(self._channel_cores(), (len(self.in_modes),))[0]
             return self._kernel(channel).contiguous()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: RankSpec, modes: object = "auto", init: str = "scratch") -> TTConv2d:
-        """A TT convolution replacing ``conv`` (``groups=1`` only).
+    def from_conv(cls, conv: nn.Module, rank: RankSpec, modes: object = "auto", init: str = "scratch") -> Self:
+        """A convolution of this format replacing ``conv`` (``groups=1`` only).
 
-        ``rank`` is resolved over the modes ``[kh*kw] + in_modes`` x ``[1] + out_modes``,
-        so its first bond is the spatial rank ``r_0 <= kh*kw``. ``modes`` tensorizes the
-        channels. ``init="decompose"`` runs TT-SVD (Oseledets 2011) on the kernel
-        permuted to ``(kh*kw, m_1 n_1, ..., m_d n_d)``; ``rank="full"`` is exact.
+        ``rank`` is resolved by the format over the modes ``[kh*kw] + in_modes`` x
+        ``[1] + out_modes``, so the bond after the spatial core is at most ``kh*kw``
+        (times ``R`` for a ring). ``modes`` tensorizes the channels. ``init="decompose"``
+        runs the format's SVD (TT-SVD, Oseledets 2011; TR-SVD, Zhao et al. 2016) on the
+        kernel permuted to ``(kh*kw, m_1 n_1, ..., m_d n_d)``; ``rank="full"`` is exact.
         """
         init = check_init(init)
         rank = check_build_rank(rank)
         if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"TTConv2d.from_conv expects nn.Conv2d; got {type(conv).__name__}")
+            raise TypeError(f"{cls.__name__}.from_conv expects nn.Conv2d; got {type(conv).__name__}")
         if conv.groups != 1:
-            raise ValueError(f"TTConv2d supports groups=1 only; the convolution has groups={conv.groups}")
+            raise ValueError(f"{cls.__name__} supports groups=1 only; the convolution has groups={conv.groups}")
         in_modes, out_modes, in_pad, out_pad = select_modes(modes, conv.in_channels, conv.out_channels)
         kh, kw = conv.kernel_size
-        ranks = resolve_tt_ranks(rank, [kh * kw] + in_modes, [1] + out_modes)
+        ranks = cls.fmt.resolve_ranks(rank, ([kh * kw] + in_modes, [1] + out_modes))
         weight = conv.weight
         # torch types a Conv2d's geometry as tuple[int, ...]; a 2-d convolution's has two entries
         new = cls(conv.in_channels, conv.out_channels, cast(Pair, conv.kernel_size), in_modes, out_modes, ranks,
@@ -507,14 +544,32 @@ class TTConv2d(TTCores):
                   bias=conv.bias is not None, padding_mode=conv.padding_mode,
                   in_pad=in_pad, out_pad=out_pad, device=weight.device, dtype=weight.dtype)
         new._copy_from(weight, conv.bias, init,
-                       lambda: _decompose_conv(weight, in_modes, out_modes, ranks), "the convolution")
+                       lambda: _decompose_conv(weight, in_modes, out_modes, ranks, cls._svd), "the convolution")
         return new
 
 
-def _decompose_conv(weight: torch.Tensor, in_modes: list[int], out_modes: list[int],
-                    ranks: list[int]) -> list[torch.Tensor]:
-    """TT-SVD (Oseledets 2011) of a kernel ``(out, in, kh, kw)``, zero-padded to the modes and
-    permuted to ``(kh*kw, m_1 n_1, ..., m_d n_d)``, as the cores of :class:`TTConv2d`."""
+class TTConv2d(TTMatrixConv2d):
+    """A 2-d convolution whose kernel is a TT with the spatial kernel as an extra core.
+
+    Garipov et al., "Ultimate tensorization: compressing convolutional and FC layers
+    alike" (NIPS 2016 workshop); the shared body is :class:`TTMatrixConv2d` with
+    ``R = 1``: ``core_0`` is the spatial core ``(r_0, 1, kh, kw)`` (a bank of ``r_0``
+    single-channel filters), ``ranks`` are ``[1, r_0, r_1, ..., r_{d-1}, 1]``.
+    """
+
+    fmt = TT
+    _scratch_cores = staticmethod(tt_scratch_cores)
+    _svd = staticmethod(tt_svd)
+
+    @staticmethod
+    def _check_ranks(ranks: list[int], d: int) -> None:
+        _check_tt_ranks(ranks, d + 1)
+
+
+def _decompose_conv(weight: torch.Tensor, in_modes: list[int], out_modes: list[int], ranks: list[int],
+                    svd: Callable[[torch.Tensor, list[int]], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """``svd`` (TT-SVD or TR-SVD) of a kernel ``(out, in, kh, kw)``, zero-padded to the modes and
+    permuted to ``(kh*kw, m_1 n_1, ..., m_d n_d)``, as the cores of :class:`TTMatrixConv2d`."""
     d = len(in_modes)
     kh, kw = weight.shape[2], weight.shape[3]
     cin, cout = math.prod(in_modes), math.prod(out_modes)
@@ -525,11 +580,13 @@ def _decompose_conv(weight: torch.Tensor, in_modes: list[int], out_modes: list[i
     perm = [2 * d] + [i for k in range(d) for i in (d + k, k)]
     t = w.reshape(*out_modes, *in_modes, kh * kw).permute(*perm)
     t = t.reshape([kh * kw] + [m * n for m, n in zip(in_modes, out_modes)])
-    return _conv_cores_from_flat(tt_svd(t, ranks), ranks, in_modes, out_modes, kh, kw)
+    return _conv_cores_from_flat(svd(t, ranks), ranks, in_modes, out_modes, kh, kw)
 
 
 def _conv_cores_from_flat(flat: Sequence[torch.Tensor], ranks: Sequence[int], in_modes: Sequence[int],
                           out_modes: Sequence[int], kh: int, kw: int) -> list[torch.Tensor]:
-    """TT cores over ``(kh*kw, m_1 n_1, ...)`` -> spatial filter bank plus TT-matrix cores."""
-    spatial = flat[0].reshape(kh * kw, ranks[1]).t().reshape(ranks[1], 1, kh, kw).contiguous()
+    """Cores over ``(kh*kw, m_1 n_1, ...)`` -> the spatial filter bank ``(R r_0, 1, kh, kw)``
+    (filters ordered ``(a, b)``) plus TT-matrix cores."""
+    ring, r0 = ranks[0], ranks[1]
+    spatial = flat[0].reshape(ring, kh * kw, r0).permute(0, 2, 1).reshape(ring * r0, 1, kh, kw).contiguous()
     return [spatial, *matrix_cores(flat[1:], in_modes, out_modes, ranks[1:])]
