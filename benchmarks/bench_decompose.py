@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timing import interleaved_samples
-from torch.profiler import ProfilerActivity, profile
+from timing import interleaved_samples, peak_torch_bytes
 
 from tedepr_fx.decompose.tt import tt_svd
 from tedepr_fx.decompose.tucker import partial_tucker2
@@ -141,17 +140,6 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
-
-
-def peak_torch_bytes(fn: Callable[[], object]) -> int:
-    """Peak live torch CPU bytes during ``fn()``: ops' self allocations and ``[memory]`` frees in time order."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
 
 
 def measure_memory_here(case_index: int, impl: str) -> dict[str, float]:

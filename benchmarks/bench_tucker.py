@@ -17,9 +17,8 @@ import statistics
 import sys
 
 import torch
-from timing import interleaved_samples
+from timing import interleaved_samples, peak_torch_bytes
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 from tedepr_fx.decompose.tucker import partial_tucker2
 from tedepr_fx.formats.tucker import tucker_max_ranks
@@ -73,17 +72,6 @@ def linear_case(reps: int) -> tuple[str, dict[str, float], dict[str, str]]:
     return "TuckerLinear 768 -> 3072, batch 256", time_interleaved(variants, reps), notes
 
 
-def peak_cpu_bytes(fn) -> int:
-    """Peak live torch CPU bytes during ``fn()``: ops' self allocations and ``[memory]`` frees, in time order."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
-
-
 def memory_rows() -> list[tuple[str, str, float]]:
     rows = []
     cases = [
@@ -97,7 +85,7 @@ def memory_rows() -> list[tuple[str, str, float]]:
     for name, shape, rank in cases:
         weight = torch.randn(*shape)
         ranks = tucker_max_ranks(shape) if rank == "full" else rank
-        peak = peak_cpu_bytes(lambda weight=weight, ranks=ranks: partial_tucker2(weight, ranks))
+        peak = peak_torch_bytes(lambda weight=weight, ranks=ranks: partial_tucker2(weight, ranks))
         rows.append((name, str(ranks), peak / (weight.numel() * weight.element_size())))
     return rows
 

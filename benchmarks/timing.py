@@ -20,3 +20,16 @@ def interleaved_samples(variants: dict[str, Callable[[], object]], reps: int,
             fn()
             samples[name].append(time.perf_counter() - t0)
     return samples
+
+
+def peak_torch_bytes(fn: Callable[[], object]) -> int:
+    """Peak live torch CPU bytes during ``fn()``: ops' self allocations and ``[memory]`` frees in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak

@@ -1,18 +1,17 @@
-"""Plan, transform, train and report LeNet-300-100 with the shipped rules (run from a clone).
+"""Plan, transform, train and report LeNet-300-100 with the shipped rules.
 
     python examples/quickstart.py
 """
-
-from pathlib import Path
 
 import torch
 
 import tedepr_fx
 from tedepr_fx.data import load_dataset, make_loaders, scoring_batches
 from tedepr_fx.models import LeNet300100
+from tedepr_fx.policies import path as policy_path
 from tedepr_fx.train import evaluate, train
 
-RULES = Path(__file__).resolve().parent.parent / "rules" / "lenet.yaml"
+RULES = policy_path("lenet")  # the shipped rules/lenet.yaml, from a clone or an installed wheel
 
 
 def main() -> None:

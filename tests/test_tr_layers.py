@@ -107,20 +107,26 @@ def test_bad_ranks_are_clear_errors(spec, match):
         resolve_tr_ranks(spec, [6, 12, 8])
 
 
-def test_pruned_entries_have_no_effect_and_masks_are_buffers():
-    torch.manual_seed(0)
-    layer = TRLinear.from_linear(nn.Linear(24, 20), 3)
-    x = torch.randn(8, 24)
-    assert {f"core_{k}_mask" for k in range(len(layer.prunable))} <= set(layer.state_dict())
+def prune_half_and_check_pruned_entries_are_ignored(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mask about half of every core, change every pruned entry: the output must not move."""
     gen = torch.Generator().manual_seed(1)
     for name in layer.prunable:
         layer.set_mask(name, torch.rand(getattr(layer, name).shape, generator=gen) < 0.5)
     before = layer(x)
     with torch.no_grad():
         for name in layer.prunable:
-            getattr(layer, name)[~layer.get_mask(name)] = 123.0  # change every pruned entry
+            getattr(layer, name)[~layer.get_mask(name)] = 123.0
     torch.testing.assert_close(layer(x), before)
     assert layer.kept_params() == sum(int(layer.get_mask(n).sum()) for n in layer.prunable)
+    return before
+
+
+def test_pruned_entries_have_no_effect_and_masks_are_buffers():
+    torch.manual_seed(0)
+    layer = TRLinear.from_linear(nn.Linear(24, 20), 3)
+    x = torch.randn(8, 24)
+    assert {f"core_{k}_mask" for k in range(len(layer.prunable))} <= set(layer.state_dict())
+    before = prune_half_and_check_pruned_entries_are_ignored(layer, x)
     fresh = TRLinear.from_linear(nn.Linear(24, 20), 3)
     fresh.load_state_dict(copy.deepcopy(layer).state_dict())
     torch.testing.assert_close(fresh(x), before)
@@ -237,15 +243,7 @@ def test_tr_conv_pruned_entries_have_no_effect_and_accounting():
     x = torch.randn(2, 4, 5, 5)
     stored = sum(math.prod(getattr(layer, n).shape) for n in layer.prunable)
     assert layer.stored_params() == stored and layer.dense_params == 6 * 4 * 3 * 3
-    gen = torch.Generator().manual_seed(1)
-    for name in layer.prunable:
-        layer.set_mask(name, torch.rand(getattr(layer, name).shape, generator=gen) < 0.5)
-    before = layer(x)
-    with torch.no_grad():
-        for name in layer.prunable:
-            getattr(layer, name)[~layer.get_mask(name)] = 123.0
-    torch.testing.assert_close(layer(x), before)
-    assert layer.kept_params() == sum(int(layer.get_mask(n).sum()) for n in layer.prunable)
+    prune_half_and_check_pruned_entries_are_ignored(layer, x)
 
 
 def test_format_tr_on_a_cnn_from_rules():

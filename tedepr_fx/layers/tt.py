@@ -64,9 +64,10 @@ def _checked_modes(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Seq
     return list(in_modes), list(out_modes), list(ranks)
 
 
-def _check_tt_ranks(ranks: Sequence[int], n_ranks: int) -> None:
-    if len(ranks) != n_ranks or ranks[0] != 1 or ranks[-1] != 1 or min(ranks) < 1:
-        raise ValueError(f"ranks must be {n_ranks} positive ints with ends 1; got {list(ranks)}")
+def _check_tt_ranks(ranks: Sequence[int], d: int) -> None:
+    """``ValueError`` unless ``ranks`` are ``d + 1`` positive TT ranks with ends 1 (``d`` cores)."""
+    if len(ranks) != d + 1 or ranks[0] != 1 or ranks[-1] != 1 or min(ranks) < 1:
+        raise ValueError(f"ranks must be {d + 1} positive ints with ends 1; got {list(ranks)}")
 
 
 class TTCores(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
@@ -327,10 +328,7 @@ class TTLinear(TTMatrixLinear):
     fmt = TT
     _scratch_cores = staticmethod(tt_scratch_cores)
     _svd = staticmethod(tt_svd)
-
-    @staticmethod
-    def _check_ranks(ranks: list[int], d: int) -> None:
-        _check_tt_ranks(ranks, d + 1)
+    _check_ranks = staticmethod(_check_tt_ranks)
 
     def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
         """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
@@ -560,10 +558,7 @@ class TTConv2d(TTMatrixConv2d):
     fmt = TT
     _scratch_cores = staticmethod(tt_scratch_cores)
     _svd = staticmethod(tt_svd)
-
-    @staticmethod
-    def _check_ranks(ranks: list[int], d: int) -> None:
-        _check_tt_ranks(ranks, d + 1)
+    _check_ranks = staticmethod(_check_tt_ranks)
 
 
 def _decompose_conv(weight: torch.Tensor, in_modes: list[int], out_modes: list[int], ranks: list[int],
