@@ -178,8 +178,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sparsity", type=float, default=0.99)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--sparsity", type=float, default=None,
+                        help="default: 0.995 on digits, 0.99 on Fashion-MNIST / MNIST")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: 20 on digits, 2 on Fashion-MNIST / MNIST")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: 32 on digits, 128 on Fashion-MNIST / MNIST")
     parser.add_argument("--dataset", default="auto",
                         help="auto (Fashion-MNIST if installed, else scikit-learn digits), digits, "
                              "fashion-mnist, mnist")
@@ -190,8 +194,8 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from tedepr_fx.demo import run
 
-    run(sparsity=args.sparsity, epochs=args.epochs, dataset=args.dataset, root=args.root, seed=args.seed,
-        progress=sys.stderr.isatty())
+    run(sparsity=args.sparsity, epochs=args.epochs, batch_size=args.batch_size, dataset=args.dataset,
+        root=args.root, seed=args.seed, progress=sys.stderr.isatty())
     return EXIT_OK
 
 

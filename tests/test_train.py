@@ -102,3 +102,19 @@ def test_count_params():
     assert count_params(model) == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     model.fc1.requires_grad_(False)
     assert count_params(model, trainable_only=True) == 300 * 100 + 100 + 100 * 10 + 10
+
+
+def test_the_demo_on_its_embedded_data_shows_the_claim():
+    """digits (inside scikit-learn): TEDEPR well above chance and ahead of every PaI baseline."""
+    from tedepr_fx.demo import TEDEPR, run
+
+    lines: list[str] = []
+    results = run(dataset="digits", progress=False, echo=lines.append)
+    assert {n for n in results} == {"dense", TEDEPR} | {f"{s} on dense" for s in
+                                                       ("snip", "grasp", "synflow", "force", "magnitude", "random")}
+    kept = {r["kept_weights"] for n, r in results.items() if n != "dense"}
+    assert kept == {round(0.005 * 50200)}  # every method at the same budget
+    ours = results[TEDEPR]["accuracy"]
+    assert ours >= 2 * 0.1
+    assert all(ours > r["accuracy"] for n, r in results.items() if n not in ("dense", TEDEPR))
+    assert "strongest pruning-at-initialization baseline" in lines[-2]
