@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -38,6 +39,7 @@ from tedepr_fx.budget import Allocation, predicted_kept
 from tedepr_fx.capture import Captured, capture, preserve
 from tedepr_fx.errors import DataError
 from tedepr_fx.layers.masked import Accounting
+from tedepr_fx.passes.collapse import check_collapse
 from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
 from tedepr_fx.passes.match import Decision, match
 from tedepr_fx.passes.prune import groups_for, score_and_mask
@@ -129,6 +131,14 @@ def transform(
                      kept=_actual(result, paths.get(d.name), allocation))
         for d in decisions
     ]
+    for record, d in zip(records, decisions):
+        if record.path and d.budget is not None and not _asks_rank_one(d):  # masked layers only
+            record.collapse = check_collapse(result.get_submodule(record.path)) or ""
+        if record.collapse:
+            record.note = "; ".join(n for n in (record.collapse, record.note) if n)
+            warnings.warn(f"layer {record.name!r} (rule {record.rule!r}): {record.collapse}; "
+                          "its masks cannot recover in training (raise its budget, min_density or rank)",
+                          UserWarning, stacklevel=2)
     preserve(result, RECORD_ATTR, Rewrite(records, [r.as_dict() for r in captured.regions]))
     return result
 
@@ -228,6 +238,11 @@ def _table(cls: type[TableT], records: list[LayerRecord], regions: list[Any], **
     unmatched = [r for r in records if r.action == "unmatched"]
     regions = [r if isinstance(r, dict) else r.as_dict() for r in regions]
     return cls(rows, unmatched, regions, **kwargs)
+
+
+def _asks_rank_one(d: Decision) -> bool:
+    """A rule that asks for rank 1 itself gets no collapse warning for it."""
+    return d.rank == 1 or (isinstance(d.rank, list) and all(r == 1 for r in d.rank))
 
 
 def _paths(root: nn.Module, decisions: list[Decision]) -> dict[str, str]:

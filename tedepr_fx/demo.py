@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,27 +98,33 @@ def _run(data: Dataset, settings: Settings, seed: int, rules_path: str | Path, b
     echo("")
     echo(str(plan(dense, rules, example_inputs=example)))
 
-    models: dict[str, nn.Module] = {"dense": dense, TEDEPR: transform(
-        dense, rules, example_inputs=example, data=batches, seed=seed, verbose=progress)}
-    for scorer in baselines:
-        models[f"{scorer} on dense"] = transform(dense, baseline_rules(scorer, sparsity), example_inputs=example,
-                                                 data=batches, seed=seed, verbose=progress)
-    results = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # collapsed layers are listed in the table below instead
+        models: dict[str, nn.Module] = {"dense": dense, TEDEPR: transform(
+            dense, rules, example_inputs=example, data=batches, seed=seed, verbose=progress)}
+        for scorer in baselines:
+            models[f"{scorer} on dense"] = transform(dense, baseline_rules(scorer, sparsity),
+                                                     example_inputs=example, data=batches, seed=seed,
+                                                     verbose=progress)
+    results: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         # every model sees the same batches in the same order: a fresh loader from the same seed
         train_loader, test_loader = make_loaders(data, batch_size=batch, seed=seed)
         torch.manual_seed(seed)
         train(model, train_loader, epochs=epochs, lr=0.05, momentum=0.9, progress=progress, desc=name)
-        kept = (report(model).totals["kept"] if model is not dense
+        rows = report(model).rows if model is not dense else []
+        kept = (sum(r.kept for r in rows) if model is not dense
                 else sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight")))
-        results[name] = {"accuracy": evaluate(model, test_loader), "kept_weights": kept}
+        results[name] = {"accuracy": evaluate(model, test_loader), "kept_weights": kept,
+                         "collapsed": [r.name for r in rows if r.collapse]}
 
     dense_weights = results["dense"]["kept_weights"]
     echo("")
     echo(f"test accuracy after {epochs} epoch(s) of SGD (lr 0.05, momentum 0.9, batch {batch}), "
          f"sparsity {sparsity} of the {dense_weights} dense weights:")
     for name, r in results.items():
-        echo(f"  {name:<28} {100 * r['accuracy']:6.2f} %   weights kept: {r['kept_weights']}")
+        collapsed = f"   collapsed after masking: {', '.join(r['collapsed'])}" if r["collapsed"] else ""
+        echo(f"  {name:<28} {100 * r['accuracy']:6.2f} %   weights kept: {r['kept_weights']}{collapsed}")
     rivals = {n: r["accuracy"] for n, r in results.items() if n not in ("dense", TEDEPR)}
     if rivals:
         best = max(rivals, key=lambda n: rivals[n])

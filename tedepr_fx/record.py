@@ -62,6 +62,7 @@ class LayerRecord:
     flops_after: int | None = None
     input_shape: list[int] | None = None
     path: str = ""  # qualified name of the layer's module in the rewritten model
+    collapse: str = ""  # "collapsed: ..." when the masked layer is dead or rank 1 (transform only)
     note: str = ""
 
     @property

@@ -117,4 +117,5 @@ def test_the_demo_on_its_embedded_data_shows_the_claim():
     ours = results[TEDEPR]["accuracy"]
     assert ours >= 2 * 0.1
     assert all(ours > r["accuracy"] for n, r in results.items() if n not in ("dense", TEDEPR))
+    assert results[TEDEPR]["collapsed"] == []  # no dead or rank-1 layer after masking
     assert "strongest pruning-at-initialization baseline" in lines[-2]
