@@ -119,7 +119,7 @@ def transform(
         factorize(decisions, auto_rank_multiple=auto_rank_multiple)
         result = captured.module
         paths = _paths(result, decisions)
-        pairs = groups_for(result, decisions, lambda d: paths[d.name])
+        pairs = groups_for(result, decisions, paths)
         allocation = score_and_mask(
             result, pairs, ruleset.scoring, batches=batches, loss_fn=loss_fn,
             output_fn=output_fn, example_inputs=example, seed=seed, verbose=verbose,
@@ -139,7 +139,7 @@ def transform(
             warnings.warn(f"layer {record.name!r} (rule {record.rule!r}): {record.collapse}; "
                           "its masks cannot recover in training (raise its budget, min_density or rank)",
                           UserWarning, stacklevel=2)
-    preserve(result, RECORD_ATTR, Rewrite(records, [r.as_dict() for r in captured.regions]))
+    preserve(result, RECORD_ATTR, Rewrite(records, captured.region_dicts()))
     return result
 
 
@@ -163,7 +163,7 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
     dense_flops = _dense_flops(decisions, captured.input_shapes)
     factorize(decisions, auto_rank_multiple=auto_rank_multiple)
     paths = _paths(captured.module, decisions)
-    groups = {d.name: g for d, g in groups_for(captured.module, decisions, lambda d: paths[d.name])}
+    groups = {d.name: g for d, g in groups_for(captured.module, decisions, paths)}
     records = []
     for d in decisions:
         group = groups.get(d.name)
@@ -176,7 +176,7 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
             else:
                 kept = (predicted_kept(group), "predicted", f"kept predicted ({group.allocation} allocation)")
         records.append(layer_record(d, captured, dense_flops[d.name], paths.get(d.name, ""), kept=kept))
-    return _table(Plan, records, captured.regions)
+    return _table(Plan, records, captured.region_dicts())
 
 
 def report(model: nn.Module) -> Report:
@@ -233,10 +233,10 @@ def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path:
 TableT = TypeVar("TableT", bound=Plan)
 
 
-def _table(cls: type[TableT], records: list[LayerRecord], regions: list[Any], **kwargs: Any) -> TableT:
+def _table(cls: type[TableT], records: list[LayerRecord], regions: list[dict[str, str]],
+           **kwargs: Any) -> TableT:
     rows = [r for r in records if r.action != "unmatched"]
     unmatched = [r for r in records if r.action == "unmatched"]
-    regions = [r if isinstance(r, dict) else r.as_dict() for r in regions]
     return cls(rows, unmatched, regions, **kwargs)
 
 

@@ -78,10 +78,6 @@ class LayerRecord:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerRecord:
-        return cls(**data)
-
 
 @dataclass
 class Rewrite:
@@ -97,7 +93,7 @@ def _ints(values: list[int]) -> str:
 
 def format_fields(module: Any) -> dict[str, Any]:
     """The format-specific fields of a record, read from a built layer's description."""
-    info = module.format_info() if hasattr(module, "format_info") else getattr(module, "tedepr_info", {})
+    info = getattr(module, "tedepr_info", {})
     padding = {side: int(info[f"{side}_padding"]) for side in ("in", "out")
                if info.get(f"{side}_padding")}
     return {

@@ -74,6 +74,9 @@ class Captured:
     sites: list[LayerSite]
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # site name -> input shape
 
+    def region_dicts(self) -> list[dict[str, str]]:
+        """The regions as the plan and the report print them."""
+        return [r.as_dict() for r in self.regions]
 
 
 def capture(model: nn.Module, example_inputs: Args | None = None, *, verify: bool = True) -> Captured:

@@ -41,6 +41,7 @@ from tedepr_fx.layers.contraction import (
     ContractionOrder,
     candidate_orders,
     group_cores,
+    trace_ring,
     tt_chain_apply,
     tt_flops,
 )
@@ -148,13 +149,6 @@ def tr_choose_order(rows: int, in_modes: Sequence[int], out_modes: Sequence[int]
     return _choose(int(rows), tuple(in_modes), tuple(out_modes), tuple(ranks))
 
 
-def _trace(t: torch.Tensor, r0: int, n: int) -> torch.Tensor:
-    """``(..., r0 * n * r0)`` ordered ``(a, j, b)`` -> ``(..., n)``: the sum over ``a == b``."""
-    if r0 == 1:
-        return t
-    return torch.diagonal(t.reshape(*t.shape[:-1], r0, n, r0), dim1=-3, dim2=-1).sum(-1)
-
-
 # --- the format ----------------------------------------------------------------------------------
 
 
@@ -239,7 +233,7 @@ class TRLinear(TTMatrixLinear):
         """The effective weight ``(prod in_modes, prod out_modes)`` (padding included)."""
         whole = group_cores(self._tt_cores(), (len(self.in_modes),))[0]
         big_m = math.prod(self.in_modes)
-        return _trace(whole.reshape(big_m, -1), self.ranks[0], math.prod(self.out_modes))
+        return trace_ring(whole.reshape(big_m, -1), self.ranks[0], math.prod(self.out_modes))
 
     def apply_order(self, rows: torch.Tensor, order: ContractionOrder,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -251,7 +245,7 @@ class TRLinear(TTMatrixLinear):
         else:
             cores = self.cached("supercores", groups, self.prunable,
                                 lambda: group_cores(self._tt_cores(), groups))
-            out = _trace(tt_chain_apply(rows, cores, direction), self.ranks[0], math.prod(self.out_modes))
+            out = trace_ring(tt_chain_apply(rows, cores, direction), self.ranks[0], math.prod(self.out_modes))
         return out if bias is None else out + bias
 
 

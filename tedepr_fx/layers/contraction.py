@@ -282,3 +282,14 @@ def _apply_rtl(x: torch.Tensor, supercores: list[torch.Tensor]) -> torch.Tensor:
             state = _batched(a, state.reshape(rows * m_left, k, n_done))
         n_done *= big_n
     return state.reshape(rows, -1)
+
+
+def trace_ring(t: torch.Tensor, ring: int, n: int) -> torch.Tensor:
+    """``(..., ring * n * ring)`` ordered ``(a, j, b)`` -> ``(..., n)``: the sum over ``a == b``.
+
+    Closes a tensor ring whose boundary bond was folded into the output modes (Zhao et al.,
+    "Tensor Ring Decomposition", 2016: ``W = trace(G_1 ... G_d)``); additions only.
+    """
+    if ring == 1:
+        return t
+    return torch.diagonal(t.reshape(*t.shape[:-1], ring, n, ring), dim1=-3, dim2=-1).sum(-1)

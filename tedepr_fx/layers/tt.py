@@ -31,6 +31,7 @@ from tedepr_fx.layers.contraction import (
     Groups,
     choose_order,
     group_cores,
+    trace_ring,
     tt_chain_apply,
     tt_flops,
 )
@@ -498,10 +499,8 @@ class TTMatrixConv2d(TTCores):
                 z = F.pad(z, (0, self.in_pad))
             rows = z.reshape(batch * oh * ow * ring, r0 * (chans + self.in_pad))
             out = tt_chain_apply(rows, self._channel_supercores(groups), direction)
-            if ring > 1:  # the trace: the spatial core's a meets the last channel core's a
-                out = torch.diagonal(out.reshape(batch * oh * ow, ring, -1, ring), dim1=1, dim2=3).sum(-1)
-            else:
-                out = out.reshape(batch * oh * ow, -1)
+            # the trace: the spatial core's a meets the last channel core's a
+            out = trace_ring(out.reshape(batch * oh * ow, -1), ring, self.out_channels + self.out_pad)
             if self.out_pad:
                 out = out[:, : self.out_channels]
             y = out.reshape(batch, oh, ow, self.out_channels).permute(0, 3, 1, 2)

@@ -12,7 +12,7 @@ written into the layers' mask buffers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -31,16 +31,16 @@ from tedepr_fx.scoring import collect_targets, scorer_from_rules
 
 
 def groups_for(model: nn.Module, decisions: Sequence[Decision],
-               path_of: Callable[[Decision], str]) -> list[tuple[Decision, Group]]:
+               paths: Mapping[str, str]) -> list[tuple[Decision, Group]]:
     """One :class:`Group` per decision that has a budget, with the targets of its new layer.
 
-    ``path_of(decision)`` is the qualified name of the decision's layer in ``model``.
+    ``paths[decision.name]`` is the qualified name of the decision's new layer in ``model``.
     """
     pairs = []
     for decision in decisions:
         if decision.action not in ("factorize", "prune") or decision.budget is None:
             continue
-        layer = path_of(decision)
+        layer = paths[decision.name]
         budget = decision.budget
         pairs.append((decision, Group(
             layer=layer, targets=collect_targets(model, layers=[layer]),
