@@ -28,7 +28,7 @@ import copy
 import dataclasses
 import itertools
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -38,16 +38,24 @@ from torch import nn
 from tedepr_fx.budget import Allocation, predicted_kept
 from tedepr_fx.capture import Captured, capture, preserve
 from tedepr_fx.errors import DataError
+from tedepr_fx.example_inputs import (
+    Example,
+    as_scorer_inputs,
+    model_example,
+    require_example,
+    split_example,
+)
 from tedepr_fx.layers.masked import Accounting
 from tedepr_fx.passes.collapse import check_collapse
 from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
-from tedepr_fx.passes.match import Decision, match
-from tedepr_fx.passes.prune import groups_for, score_and_mask
+from tedepr_fx.passes.match import Decision, match, tied_text
+from tedepr_fx.passes.prune import groups_for, score_and_mask, scorer_used
 from tedepr_fx.passes.recompile import recompile
 from tedepr_fx.record import RECORD_ATTR, LayerRecord, Rewrite, format_fields
 from tedepr_fx.reporting import Plan, Report
 from tedepr_fx.rules import Scoring, load_rules
-from tedepr_fx.utils import as_tuple, meta_copy
+from tedepr_fx.scoring import default_output_fn
+from tedepr_fx.utils import meta_copy
 
 
 def transform(
@@ -73,19 +81,30 @@ def transform(
     rules
         A path to a YAML rule file, YAML text, a dict, or a ``RuleSet``.
     example_inputs
-        Positional inputs of one forward call (a tensor or a tuple). They guide capture of
-        models that do not trace as a whole, verify the captured graph, and give FLOP counts.
-        Defaults to the inputs of the first batch of ``data``.
+        Inputs of one forward call: a tensor or a tuple (positional), or a dict (keyword
+        inputs, as Hugging Face models take). They guide capture of models that do not trace
+        as a whole, verify the captured graph, and give FLOP counts. Defaults to the inputs
+        of the first batch of ``data``, else to what the model says for itself
+        (:func:`tedepr_fx.example_inputs.model_example`: the zoo's ``example_input()``,
+        Hugging Face ``dummy_inputs``, torch's Transformer modules).
     data
-        Iterable of ``(inputs, targets)`` batches for data-driven scorers; the rules'
+        Iterable of batches for data-driven scorers: ``(inputs, targets)`` pairs, or dicts
+        (a Hugging Face ``BatchEncoding``) of keyword inputs with ``labels`` inside, whose
+        loss is the model's own ``.loss`` unless ``loss_fn`` is given. The rules'
         ``scoring.batches`` batches are taken from it. Under ``torch.distributed`` each
         rank passes its own batches: scores are averaged over ranks before allocation,
-        so every rank's data counts and every rank ends with the same masks.
+        so every rank's data counts and every rank ends with the same masks. Without data,
+        a rule whose scorer needs data is scored by the rules' ``scoring.without_data``
+        scorer (recorded in each layer's ``scored_by``, with a warning), or raises
+        ``DataError`` when that is ``error`` (the default).
     loss_fn
-        ``loss_fn(outputs, targets)``; cross-entropy by default.
+        ``loss_fn(outputs, targets)``; cross-entropy by default (for dict batches with
+        ``labels``: the model's own loss, else ``loss_fn(output_fn(outputs), labels)``).
     output_fn
-        Maps the model's output to the tensor ``loss_fn`` takes (e.g. ``lambda o: o.logits``
-        for Hugging Face models); identity by default.
+        Maps the model's output to the tensor ``loss_fn`` takes. By default a tensor is used
+        as is, an output with ``logits`` (Hugging Face heads) gives its logits, a tuple its
+        first element, and another Hugging Face output (``BaseModelOutput``...) its first
+        tensor (``last_hidden_state``).
     seed
         Seeds factor initialisation and scoring: same seed, same inputs -> identical result.
     strict
@@ -102,16 +121,20 @@ def transform(
     RuleError, LayerError, CaptureError, BudgetError, DataError
     """
     ruleset = load_rules(rules)
-    example = as_tuple(example_inputs)
-    batches = _take_batches(data, ruleset.scoring) if data is not None else []
+    example = split_example(example_inputs)
+    batches, loss_fn, output_fn = _batches(data, ruleset.scoring, loss_fn, output_fn)
     if example is None and batches:
-        example = as_tuple(batches[0][0])
+        example = split_example(_without_labels(batches[0][0]))
+    if example is None:
+        example = model_example(model)
     model = copy.deepcopy(model)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        captured = capture(model, example)
+        captured = _capture(model, example)
         decisions = match(captured, ruleset, strict=strict)
+        if example is None:
+            _check_example_not_needed(model, decisions, ruleset.scoring, bool(batches))
         dense_flops = _dense_flops(decisions, captured.input_shapes)
         if init is not None:
             for d in decisions:
@@ -120,9 +143,10 @@ def transform(
         result = captured.module
         paths = _paths(result, decisions)
         pairs = groups_for(result, decisions, paths)
+        allocated = {d.name for d, _ in pairs}
         allocation = score_and_mask(
             result, pairs, ruleset.scoring, batches=batches, loss_fn=loss_fn,
-            output_fn=output_fn, example_inputs=example, seed=seed, verbose=verbose,
+            output_fn=output_fn, example_inputs=as_scorer_inputs(example), seed=seed, verbose=verbose,
         )
         recompile(result)
 
@@ -131,6 +155,12 @@ def transform(
                      kept=_actual(result, paths.get(d.name), allocation))
         for d in decisions
     ]
+    for record, d in zip(records, decisions):
+        if d.name in allocated and d.scorer is not None:
+            record.scored_by = scorer_used(d.scorer, ruleset.scoring, bool(batches))
+            if record.scored_by != d.scorer:
+                record.no_data_fallback = True
+                record.note = "; ".join(n for n in (record.note, f"scored by {record.scored_by} (no data)") if n)
     for record, d in zip(records, decisions):
         if record.path and d.budget is not None and not _asks_rank_one(d):  # masked layers only
             record.collapse = check_collapse(result.get_submodule(record.path)) or ""
@@ -150,15 +180,19 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
     The model is copied onto the meta device (no weight is copied) and the rewrite is
     carried out there by the same passes; rows show dense, stored and budgeted counts and
     FLOPs for ``example_inputs``. Kept counts that scores decide (global / ERK allocation)
-    are labelled ``kept_source="predicted"``: the layer's own budget.
+    are labelled ``kept_source="predicted"``: the layer's own budget. ``example_inputs`` is
+    read as in :func:`transform` (positional, or a dict of keyword inputs; by default what
+    the model says for itself).
     """
     ruleset = load_rules(rules)
-    example = as_tuple(example_inputs)
+    example = split_example(example_inputs)
+    if example is None:
+        example = model_example(model)
     meta_model = meta_copy(model)
-    meta_inputs = None
     if example is not None:
-        meta_inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in example)
-    captured = capture(meta_model, meta_inputs, verify=False)
+        args, kwargs = example
+        example = (tuple(_to_meta(t) for t in args), {k: _to_meta(t) for k, t in kwargs.items()})
+    captured = _capture(meta_model, example, verify=False)
     decisions = match(captured, ruleset, strict=strict)
     dense_flops = _dense_flops(decisions, captured.input_shapes)
     factorize(decisions, auto_rank_multiple=auto_rank_multiple)
@@ -208,6 +242,7 @@ def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path:
         dense_shape=list(d.dense_shape), dense=d.dense_params, stored=d.dense_params,
         kept=d.dense_params, flops_before=dense_flops, flops_after=dense_flops,
         input_shape=list(shape) if shape is not None else None,
+        note=f"{tied_text(d.site)}: kept dense" if d.site.shared_with else "",
     )
     if d.action not in ("factorize", "prune"):
         return record
@@ -231,6 +266,30 @@ def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path:
 
 
 TableT = TypeVar("TableT", bound=Plan)
+
+
+def output_tensor(outputs: Any) -> torch.Tensor:
+    """The default ``output_fn``: :func:`~tedepr_fx.scoring.default_output_fn`, and for an
+    output it cannot read (a Hugging Face ``BaseModelOutput``, a dict), its first tensor."""
+    try:
+        return default_output_fn(outputs)
+    except DataError:
+        values = outputs.values() if isinstance(outputs, Mapping) else ()
+        first = next((v for v in values if isinstance(v, torch.Tensor)), None)
+        if first is None:
+            raise
+        return first
+
+
+def _capture(model: nn.Module, example: Example | None, verify: bool = True) -> Captured:
+    if example is None:
+        return capture(model, None, verify=verify)
+    args, kwargs = example
+    return capture(model, args, verify=verify, example_kwargs=kwargs)
+
+
+def _to_meta(value: Any) -> Any:
+    return value.to("meta") if isinstance(value, torch.Tensor) else value
 
 
 def _table(cls: type[TableT], records: list[LayerRecord], regions: list[dict[str, str]],
@@ -277,19 +336,76 @@ def load(path: str | Path, map_location: Any = None) -> nn.Module:
     return model
 
 
+_OWN_LOSS = object()  # the targets of a dict batch with ``labels`` inside
+
+
+def _batches(data: Any, scoring: Scoring, loss_fn: Any, output_fn: Any) -> tuple[list[tuple[Any, Any]], Any, Any]:
+    """The scoring batches, and the loss and output functions that read them.
+
+    Dict batches with ``labels`` inside: without ``loss_fn`` the labels stay in the inputs
+    and the loss is the model's own ``.loss``; with it, the labels are the targets.
+    """
+    batches = _take_batches(data, scoring) if data is not None else []
+    if batches and batches[0][1] is _OWN_LOSS:
+        if loss_fn is None:
+            return [(x, None) for x, _ in batches], _loss_itself, _own_loss(output_fn)
+        batches = [(_without_labels(x), x["labels"]) for x, _ in batches]
+    return batches, loss_fn, output_fn or output_tensor
+
+
+def _check_example_not_needed(model: nn.Module, decisions: list[Decision], scoring: Scoring,
+                              have_data: bool) -> None:
+    """A clear error when a scorer that runs the model (synflow) has no inputs to run it on."""
+    rules = sorted({d.rule_name for d in decisions if d.budget is not None and d.scorer is not None
+                    and d.action in ("factorize", "prune")
+                    and scorer_used(d.scorer, scoring, have_data) == "synflow"})
+    if rules:
+        require_example(model, f"scorer 'synflow' of rule(s) {', '.join(map(repr, rules))} runs the model "
+                               "on an input of the model's shape")
+
+
 def _take_batches(data: Iterable[Any], scoring: Scoring) -> list[tuple[Any, Any]]:
     batches = []
     for i, batch in enumerate(itertools.islice(iter(data), scoring.batches)):
+        if isinstance(batch, Mapping):
+            if "labels" not in batch:
+                raise DataError(f"data batch {i} is a dict of inputs without 'labels' (keys: "
+                                f"{', '.join(map(str, batch))}); put the labels in it or pass "
+                                "(inputs, targets) pairs")
+            batch = (dict(batch), _OWN_LOSS)
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise DataError(f"data batch {i} must be a pair (inputs, targets); got {type(batch).__name__}"
+            raise DataError(f"data batch {i} must be a pair (inputs, targets) or a dict with 'labels'; "
+                            f"got {type(batch).__name__}"
                             + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
         inputs, targets = batch
         if scoring.batch_size is not None:
             inputs, targets = _head(inputs, scoring.batch_size), _head(targets, scoring.batch_size)
         batches.append((inputs, targets))
+    if len({t is _OWN_LOSS for _, t in batches}) > 1:
+        raise DataError("data mixes dict batches with 'labels' and (inputs, targets) pairs; use one kind")
     if not batches:
         raise DataError("data yielded no batches")
     return batches
+
+
+def _without_labels(inputs: Any) -> Any:
+    return {k: v for k, v in inputs.items() if k != "labels"} if isinstance(inputs, Mapping) else inputs
+
+
+def _own_loss(output_fn: Any) -> Any:
+    """For dict batches with ``labels``: the model's own ``.loss`` where it computed one
+    (else ``output_fn``'s tensor, for data-free scorers that run without the labels)."""
+    def read(outputs: Any) -> torch.Tensor:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+        if isinstance(loss, torch.Tensor):
+            return loss
+        return (output_fn or output_tensor)(outputs)
+    return read
+
+
+def _loss_itself(loss: torch.Tensor, targets: Any) -> torch.Tensor:
+    """The loss of a model that computed its own (the targets are inside its inputs)."""
+    return loss
 
 
 def _head(value: Any, n: int) -> Any:

@@ -14,8 +14,8 @@ Layers sharing a ``budget_id`` share one allocation:
   what full layers cannot take.
 
 Every tensor first keeps its floor ``max(1, ceil(min_density * numel))`` (an empty
-TT core zeroes the whole chain), the rest goes by score; the total kept equals
-the budget exactly. When the floors alone exceed the budget the floors are kept
+TT core zeroes the whole chain), every layer then its ``min_kept`` (its best-scored
+entries), the rest goes by score; the total kept equals the budget exactly. When the floors alone exceed the budget the floors are kept
 and the layer is flagged ``floors_exceed_budget`` (so kept > budget there).
 Ties are broken by position (target order, then flat index): same scores, same masks.
 """
@@ -48,6 +48,7 @@ class Group:
     min_density: float = 0.0005
     budget_id: str = "default"  # layers sharing a budget_id share one global/erk allocation
     dense_shape: tuple[int, ...] = ()  # shape of the original dense weight (needed by erk)
+    min_kept: int = 0  # at least this many entries over the layer's tensors (capped at stored)
 
     @property
     def stored(self) -> int:
@@ -90,6 +91,12 @@ class Allocation:
 def floor_count(numel: int, min_density: float) -> int:
     """Entries a tensor keeps whatever its scores: ``max(1, ceil(min_density * numel))``."""
     return min(numel, max(1, math.ceil(min_density * numel)))
+
+
+def layer_floor(group: Group) -> int:
+    """Entries a layer keeps whatever its scores: its tensors' floors, raised to ``min_kept``."""
+    floors = sum(floor_count(t.tensor().numel(), group.min_density) for t in group.targets)
+    return min(group.stored, max(floors, group.min_kept))
 
 
 def allocate(scores: dict[str, Tensor], groups: list[Group]) -> Allocation:
@@ -152,6 +159,8 @@ def _validate(scores: dict[str, Tensor], groups: list[Group]) -> None:
             raise BudgetError(f"{who}: allocation must be one of {ALLOCATIONS}; got {g.allocation!r}")
         if not 0.0 <= g.min_density <= 1.0:
             raise BudgetError(f"{who}: min_density must be in [0, 1]; got {g.min_density!r}")
+        if g.min_kept < 0:
+            raise BudgetError(f"{who}: min_kept must be >= 0; got {g.min_kept!r}")
         if not g.targets:
             raise BudgetError(f"{who}: has no prunable tensors")
         if g.dense_params < 1:
@@ -215,7 +224,8 @@ def _allocate_pool(scores: dict[str, Tensor], pool: list[Group], total: int,
         remaining = order[floors[t.key]:]
         rest_scores.append(s[remaining])
         rest_index.append(remaining)
-    extra = total - sum(floors.values())
+    _raise_to_layer_floors(pool, targets, chosen, floors, rest_scores, rest_index)
+    extra = total - sum(int(c.sum()) for c in chosen.values())
     if extra > 0:
         flat = torch.cat(rest_scores)
         # a stable sort over the pool's concatenation breaks ties by (target order, flat index)
@@ -244,6 +254,33 @@ def _allocate_pool(scores: dict[str, Tensor], pool: list[Group], total: int,
         )
 
 
+def _raise_to_layer_floors(pool: list[Group], targets: list[tuple[Group, Target]], chosen: dict[str, Tensor],
+                           floors: dict[str, int], rest_scores: list[Tensor], rest_index: list[Tensor]) -> None:
+    """Give each layer below its ``min_kept`` its best-scored remaining entries (in place).
+
+    ``rest_scores[i]`` / ``rest_index[i]`` are target ``i``'s not yet chosen entries in
+    descending score order; the entries taken here are removed from them.
+    """
+    for g in pool:
+        members = [i for i, (owner, _) in enumerate(targets) if owner is g]
+        deficit = layer_floor(g) - sum(floors[targets[i][1].key] for i in members)
+        if deficit <= 0:
+            continue
+        scores = torch.cat([rest_scores[i] for i in members])
+        owner = torch.cat([torch.full((len(rest_index[i]),), i) for i in members])
+        rank = torch.cat([torch.arange(len(rest_index[i])) for i in members])
+        # best first; ties by (target order, position in its descending order)
+        top = torch.sort(scores, descending=True, stable=True).indices[:deficit]
+        for i in members:
+            taken = rank[top[owner[top] == i]]
+            if len(taken) == 0:
+                continue
+            chosen[targets[i][1].key][rest_index[i][taken]] = True
+            keep = torch.ones(len(rest_index[i]), dtype=torch.bool)
+            keep[taken] = False
+            rest_scores[i], rest_index[i] = rest_scores[i][keep], rest_index[i][keep]
+
+
 def _erk_counts(pool: list[Group]) -> list[int]:
     """Integer counts per layer from ERK densities, summing exactly to the pool's budget.
 
@@ -253,7 +290,7 @@ def _erk_counts(pool: list[Group]) -> list[int]:
     the pooled budget, and rounding uses largest remainders (ties: layer order).
     """
     total = sum(g.budget for g in pool)
-    lo = [sum(floor_count(t.tensor().numel(), g.min_density) for t in g.targets) for g in pool]
+    lo = [layer_floor(g) for g in pool]
     hi = [g.stored for g in pool]
     if sum(lo) >= total:
         return lo  # floors alone exceed the pooled budget: keep floors, flagged downstream
@@ -324,8 +361,7 @@ def predicted_kept(group: Group) -> int:
     """Entries ``group`` keeps on its own budget: the exact count under ``uniform``
     allocation, a prediction under ``global`` / ``erk`` (where scores move budget
     between layers). Floors and the stored count bound it as :func:`allocate` does."""
-    floors = sum(floor_count(t.tensor().numel(), group.min_density) for t in group.targets)
-    return min(group.stored, max(floors, group.budget))
+    return min(group.stored, max(layer_floor(group), group.budget))
 
 
 def all_reduce_scores(scores: dict[str, Tensor]) -> dict[str, Tensor]:

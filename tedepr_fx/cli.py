@@ -199,6 +199,18 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from tedepr_fx.bench.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tedepr_fx.bench.command import run
+
+    return run(args)
+
+
 COMMANDS += [
     Command("plan", "dry run: print what transform would do to a model (no weights touched)",
             _plan_arguments, _guarded(_plan)),
@@ -207,6 +219,8 @@ COMMANDS += [
             _guarded(_inspect)),
     Command("demo", "LeNet-300-100: dense vs TEDEPR vs SNIP at the same sparsity, trained briefly",
             _demo_arguments, _guarded(_demo)),
+    Command("bench", "the benchmark suite: every model x method x sparsity x seed, cached records, "
+            "Markdown table, plots, issue 10's targets", _bench_arguments, _guarded(_bench)),
 ]
 
 

@@ -36,6 +36,12 @@ class LayerRecord:
     ``"budget"`` (the exact count the budget gives: uniform allocation, or a layer
     kept whole), ``"predicted"`` (``plan`` under a global / ERK allocation, where
     scores move entries between layers) or ``"actual"`` (counted from the masks).
+
+    ``scorer`` is the scorer the layer's rule asks for; ``scored_by`` the one that scored
+    it in ``transform``: the same, or the rules' ``scoring.without_data`` scorer when the
+    rule's scorer needs data and none was given (then ``no_data_fallback`` is true and the
+    note says so). A layer whose weight is tied to another holder is kept dense and its
+    note names the tied group.
     """
 
     name: str
@@ -46,7 +52,9 @@ class LayerRecord:
     new_type: str
     format: str | None = None  # a registered format, "dense" for action: prune
     init: str | None = None
-    scorer: str | None = None
+    scorer: str | None = None  # the scorer the rule asks for
+    scored_by: str | None = None  # the scorer that scored the layer (transform only)
+    no_data_fallback: bool = False  # scored_by is the rules' scoring.without_data: no data was given
     rank_spec: Any = None  # the rule's rank: int, list, float share, "full" or "auto"
     auto_rank: int | None = None  # what rank: auto resolved to
     in_modes: list[int] | None = None

@@ -11,7 +11,7 @@ from torch import nn
 
 import tedepr_fx
 from tedepr_fx.capture import capture
-from tedepr_fx.errors import CaptureError, LayerError
+from tedepr_fx.errors import CaptureError
 from tedepr_fx.layers.attention import SplitMultiheadAttention
 
 
@@ -62,7 +62,8 @@ def test_untraceable_root_falls_back_to_traced_submodules():
     expected = model(x)
     cap = capture(model, (x,))
     regions = {r.name: r for r in cap.regions}
-    assert regions[""].mode == "swap" and "TraceError" in regions[""].reason
+    assert regions[""].mode == "swap" and regions[""].reason.startswith("data-dependent control flow")
+    assert "TraceError" in regions[""].detail and "TraceError" in regions[""].as_dict()["detail"]
     assert regions["block"].mode == "graph"
     assert isinstance(cap.module.block, fx.GraphModule)
     assert {s.name: s.how for s in cap.sites} == {"block.0": "graph", "block.2": "graph", "head": "swap"}
@@ -156,10 +157,14 @@ def test_weight_tied_to_an_embedding_is_shared_in_transform_and_plan():
     assert {s.name: s.shared_with for s in capture(TiedHead(), (ids,)).sites} == {"head": ("embed",)}
     rules = {"version": 1, "rules": [{"name": "head", "match": {"name": "head"}, "action": "prune"}],
              "defaults": {"scorer": "magnitude", "budget": {"sparsity": 0.5}}}
-    with pytest.raises(LayerError, match="shares its weight with embed"):
-        tedepr_fx.transform(TiedHead(), rules, example_inputs=(ids,))
-    with pytest.raises(LayerError, match="shares its weight with embed"):
-        tedepr_fx.plan(TiedHead(), rules, example_inputs=(ids,))
+    # a tied weight is never split: the layer is kept dense, with a warning naming the group
+    with pytest.warns(UserWarning, match=r"'head' \(rule 'head'\): its weight is tied to embed "
+                                         r"\(tied group: embed, head\).*kept dense"):
+        out = tedepr_fx.transform(TiedHead(), rules, example_inputs=(ids,))
+    assert out.head.weight is out.embed.weight and type(out.head) is nn.Linear
+    with pytest.warns(UserWarning, match="tied group: embed, head"):
+        row, = tedepr_fx.plan(TiedHead(), rules, example_inputs=(ids,)).rows
+    assert (row.action, row.kept, row.dense) == ("keep", 800, 800) and "tied" in row.note
 
 
 def test_tied_weights_are_marked_shared():

@@ -53,10 +53,26 @@ def test_auto_rank_is_the_largest_uniform_rank_that_fits(fmt, target):
         except ValueError:  # beyond the largest useful rank
             return None
 
-    assert rank >= 1
-    assert rank == 1 or stored(rank) <= target
+    floor = get_format(fmt).auto_rank_floor
+    assert rank >= floor
+    assert rank == floor or stored(rank) <= target
     bigger = stored(rank + 1)
     assert bigger is None or bigger > target
+
+
+@pytest.mark.parametrize("fmt", ["tt", "tucker", "tr"])
+def test_auto_rank_never_goes_below_the_floor_asked(fmt):
+    dense = nn.Linear(48, 40)
+    fmt_ = get_format(fmt)
+    assert fmt_.auto_rank("linear", dense, "auto", 1.0) == fmt_.auto_rank_floor
+    assert fmt_.auto_rank("linear", dense, "auto", 1.0, floor=3) == 3
+    full = max(LINEAR.build(fmt, dense, "full").tedepr_info["ranks"])
+    assert fmt_.auto_rank("linear", dense, "auto", 1.0, floor=10_000) == full  # capped at the full rank
+
+
+def test_tucker_auto_rank_is_never_one_so_outputs_are_not_copies_of_one_map():
+    # a Tucker-2 of rank [1, 1] makes every output channel a scaled copy of one feature map
+    assert get_format("tucker").auto_rank("conv2d", nn.Conv2d(6, 16, 5), None, 10.0) == 2
 
 
 def test_a_new_format_is_one_module_and_one_registry_line(tmp_path, monkeypatch):

@@ -271,7 +271,7 @@ def test_extends_merges_child_first(tmp_path):
     assert merged.defaults.init == "decompose"  # from the base
     assert merged.defaults.scorer == "grasp"  # the child wins
     assert merged.defaults.budget.model_dump(exclude_none=True) == {  # replaced as a whole
-        "density": 0.1, "of": "dense", "allocation": "global", "min_density": 0.0005}
+        "density": 0.1, "of": "dense", "allocation": "global", "min_density": 0.0005, "min_kept": 0}
     assert merged.scoring.batches == 3  # the child wins
     assert merged.scoring.trainability.steps == 4  # a scorer's section given by the child replaces the base's
     assert merged.scoring.trainability.inner_lr == 0.1
@@ -285,7 +285,7 @@ def test_scoring_options_written_flat_say_where_they_moved():
         (at(text, 8, "steps"), "scoring.steps",
          "'steps' moved to scoring.trainability.steps (each scorer has its own options)"),
         (at(text, 9, "iterations"), "scoring.iterations",
-         "'iterations' moved to scoring.synflow.iterations or scoring.force.iterations "
+         "'iterations' moved to scoring.trainability.iterations or scoring.synflow.iterations or scoring.force.iterations "
          "(each scorer has its own options)"),
         (at(text, 10, "snip"), "scoring.snip", "the snip scorer has no options"),
     ]

@@ -48,7 +48,7 @@ def test_each_scorer_takes_only_its_own_options():
     assert get_scorer("force").options.iterations == 10 and get_scorer("synflow").options.iterations == 100
     with pytest.raises(ValueError, match="unknown options \\['steps'\\]; 'steps' is an option of trainability"):
         get_scorer("snip", steps=3)
-    with pytest.raises(ValueError, match="'iterations' is an option of synflow, force"):
+    with pytest.raises(ValueError, match="'iterations' is an option of trainability, synflow, force"):
         get_scorer("grasp", iterations=3)
     with pytest.raises(TypeError, match="takes TrainabilityOptions; got GraspOptions"):
         SCORERS["trainability"](GraspOptions())

@@ -15,6 +15,9 @@ from torch import nn
 from tedepr_fx.layers.masked import MaskedLinear, MaskedMixin
 from tedepr_fx.scoring import collect_targets, get_scorer
 
+# the hand-written references are of one meta-gradient: one round, no flow term
+ONE_SHOT = {"iterations": 1, "flow": False}
+
 
 class TwoFactor(MaskedMixin, nn.Module):
     """A toy factorized layer: ``x @ (A * mA) @ (B * mB)``."""
@@ -55,7 +58,7 @@ def leaves(model):
 def test_trainability_matches_hand_written_meta_gradient(first_order, checkpoint):
     model, batches = mlp(nn.Tanh()), data(2)
     steps, lr = 3, 0.5
-    scores = get_scorer("trainability", steps=steps, inner_lr=lr, first_order=first_order,
+    scores = get_scorer("trainability", **ONE_SHOT, steps=steps, inner_lr=lr, first_order=first_order,
                         checkpoint=checkpoint).score(model, collect_targets(model), batches)
 
     m1 = torch.ones(6, 4, requires_grad=True)
@@ -75,8 +78,8 @@ def test_trainability_matches_hand_written_meta_gradient(first_order, checkpoint
 
 def test_trainability_second_order_terms_matter():
     model, batches = mlp(nn.Tanh()), data(2)
-    full = get_scorer("trainability", inner_lr=0.5).score(model, collect_targets(model), batches)
-    first = get_scorer("trainability", inner_lr=0.5, first_order=True).score(
+    full = get_scorer("trainability", **ONE_SHOT, inner_lr=0.5).score(model, collect_targets(model), batches)
+    first = get_scorer("trainability", **ONE_SHOT, inner_lr=0.5, first_order=True).score(
         model, collect_targets(model), batches)
     assert not torch.allclose(full["0.weight"], first["0.weight"])
 
@@ -86,7 +89,7 @@ def test_trainability_on_factor_tensors(checkpoint):
     torch.manual_seed(0)
     model = nn.Sequential(TwoFactor(4, 2, 3))
     batches = data(1)
-    scores = get_scorer("trainability", steps=2, inner_lr=0.3, checkpoint=checkpoint).score(
+    scores = get_scorer("trainability", **ONE_SHOT, steps=2, inner_lr=0.3, checkpoint=checkpoint).score(
         model, collect_targets(model), batches)
     A = model[0].A.detach().clone().requires_grad_(True)
     B = model[0].B.detach().clone().requires_grad_(True)
@@ -103,7 +106,7 @@ def test_trainability_on_factor_tensors(checkpoint):
 
 def test_trainability_reads_one_batch_per_step_then_one_for_the_final_loss():
     model, batches = mlp(nn.Tanh()), data(6)
-    scorer = get_scorer("trainability", steps=2, inner_lr=0.5)
+    scorer = get_scorer("trainability", **ONE_SHOT, steps=2, inner_lr=0.5)
     first_three = scorer.score(model, collect_targets(model), batches[:3])
     all_six = scorer.score(model, collect_targets(model), batches)
     reordered = scorer.score(model, collect_targets(model), [batches[1], batches[0], batches[2]])
@@ -116,7 +119,7 @@ def test_trainability_reads_one_batch_per_step_then_one_for_the_final_loss():
 def test_trainability_scores_a_frozen_target_through_the_other_weights(checkpoint):
     model, batches = mlp(nn.Tanh()), data(2)
     model[0].weight.requires_grad_(False)
-    scores = get_scorer("trainability", steps=2, inner_lr=0.5, checkpoint=checkpoint).score(
+    scores = get_scorer("trainability", **ONE_SHOT, steps=2, inner_lr=0.5, checkpoint=checkpoint).score(
         model, collect_targets(model), batches)
     m1, m2 = torch.ones(6, 4, requires_grad=True), torch.ones(3, 6, requires_grad=True)
     w1, b1, w2, b2 = leaves(model)
@@ -138,8 +141,8 @@ def test_checkpointed_and_unrolled_agree_with_dropout_and_batchnorm():
                           MaskedLinear(8, 3))
     batches = data(6)
     kw = dict(steps=3, inner_lr=0.3, seed=4)
-    a = get_scorer("trainability", checkpoint=True, **kw).score(model, collect_targets(model), batches)
-    b = get_scorer("trainability", checkpoint=False, **kw).score(model, collect_targets(model), batches)
+    a = get_scorer("trainability", **ONE_SHOT, checkpoint=True, **kw).score(model, collect_targets(model), batches)
+    b = get_scorer("trainability", **ONE_SHOT, checkpoint=False, **kw).score(model, collect_targets(model), batches)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-7)
 

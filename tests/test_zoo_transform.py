@@ -163,6 +163,9 @@ def _plan_and_report(model, x, rules):
     return planned, tedepr_fx.report(_transform(model, x, rules))
 
 
+_SCORED = ("scored_by", "no_data_fallback")  # what scored a layer: transform only
+
+
 def _without(record, *fields):
     return {k: v for k, v in record.as_dict().items() if k not in fields}
 
@@ -177,9 +180,9 @@ def test_plan_and_transform_agree_on_every_zoo_model(name):
         assert [r.name for r in planned.rows] == [r.name for r in done.rows]
         assert [r.name for r in planned.unmatched] == [r.name for r in done.unmatched]
         for p, d in zip(planned.rows, done.rows):
-            # collapse is measured on the masks, which only transform has
-            assert (_without(p, "kept", "kept_source", "note", "collapse")
-                    == _without(d, "kept", "kept_source", "note", "collapse"))
+            # collapse is measured on the masks, and scored_by is known once data is, in transform
+            assert (_without(p, "kept", "kept_source", "note", "collapse", *_SCORED)
+                    == _without(d, "kept", "kept_source", "note", "collapse", *_SCORED))
             assert d.kept_source == "actual"
             if allocation == "uniform" or p.kept == p.stored:
                 assert p.kept_source == "budget" and p.kept == d.kept, p.name
@@ -194,5 +197,5 @@ def test_plan_and_transform_agree_on_hugging_face_models(name):
     model = _hf_models()[name]().eval()
     x = torch.randn(2, 3, 16, 16) if name == "vit" else torch.randint(0, 100, (2, 7))
     planned, done = _plan_and_report(model, x, _budgeted("uniform"))
-    assert [_without(r, "kept_source", "note", "collapse") for r in planned.rows] == [
-        _without(r, "kept_source", "note", "collapse") for r in done.rows]
+    assert [_without(r, "kept_source", "note", "collapse", *_SCORED) for r in planned.rows] == [
+        _without(r, "kept_source", "note", "collapse", *_SCORED) for r in done.rows]

@@ -23,7 +23,9 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -46,7 +48,15 @@ from tedepr_fx.capture.sites import (
     walk_eager,
     worth_tracing,
 )
-from tedepr_fx.capture.trace import Args, Call, TedeprTracer, join_name, preserve, try_trace
+from tedepr_fx.capture.trace import (
+    Args,
+    Call,
+    TedeprTracer,
+    Untraced,
+    join_name,
+    preserve,
+    try_trace,
+)
 from tedepr_fx.errors import CaptureError
 from tedepr_fx.handlers import kind_of
 from tedepr_fx.layers.masked import MaskedMixin
@@ -60,10 +70,16 @@ class Region:
 
     name: str  # module qualname, "" for the root
     mode: str  # "graph" | "swap"
-    reason: str = ""  # why it did not trace, shortened
+    reason: str = ""  # why it did not trace, in words
+    detail: str = ""  # the raw error text behind the reason, shortened (for verbose output)
+
+    def __post_init__(self) -> None:
+        self.detail = self.detail or getattr(self.reason, "detail", "")
+        self.reason = str(self.reason)
 
     def as_dict(self) -> dict[str, str]:
-        return {"name": self.name or "<root>", "mode": self.mode, "reason": self.reason}
+        out = {"name": self.name or "<root>", "mode": self.mode, "reason": self.reason}
+        return {**out, "detail": self.detail} if self.detail else out
 
 
 
@@ -79,7 +95,8 @@ class Captured:
         return [r.as_dict() for r in self.regions]
 
 
-def capture(model: nn.Module, example_inputs: Args | None = None, *, verify: bool = True) -> Captured:
+def capture(model: nn.Module, example_inputs: Args | None = None, *, verify: bool = True,
+            example_kwargs: dict[str, Any] | None = None) -> Captured:
     """Trace ``model`` (in place: its sub-modules may become GraphModules) and list its layers.
 
     Parameters
@@ -92,31 +109,37 @@ def capture(model: nn.Module, example_inputs: Args | None = None, *, verify: boo
         each layer its input shape for FLOP counts.
     verify
         Check that traced regions reproduce the recorded outputs (off for meta-device dry runs).
+    example_kwargs
+        Keyword inputs of the same forward call (Hugging Face models take ``input_ids=...``);
+        with them, ``example_inputs`` may be empty.
     """
     # The root first: when it traces and reproduces the model on a two-sample slice of the
     # example, input shapes come from a run on the meta device and no full forward is needed.
     calls: dict[str, Call] = {}
     regions: list[Region] = []
-    traced = try_trace(model, (example_inputs, {}) if example_inputs is not None else None)
+    kwargs = dict(example_kwargs or {})
+    if example_inputs is None and kwargs:
+        example_inputs = ()
+    traced = try_trace(model, (example_inputs, kwargs) if example_inputs is not None else None)
     if (isinstance(traced, fx.GraphModule) and verify and example_inputs is not None
-            and not verify_region(model, traced, (batch_slice(example_inputs), {}))):
-        traced = "traced graph did not reproduce the model's outputs"
+            and not verify_region(model, traced, batch_slice(example_inputs, kwargs))):
+        traced = Untraced("traced graph did not reproduce the model's outputs")
     if isinstance(traced, fx.GraphModule):
         root: nn.Module = traced
         regions.append(Region("", "graph"))
         sites = graph_sites(traced, "", "")
         if example_inputs is not None:
-            calls = record_on_meta(model, example_inputs)
+            calls = record_on_meta(model, example_inputs, kwargs)
     else:
         root = model
         regions.append(Region("", "swap", traced))
         reference = None
         if example_inputs is not None:
-            calls, reference = record_calls(model, example_inputs)
+            calls, reference = record_calls(model, example_inputs, kwargs)
         sites = (_descend(model, "", calls, regions, verify) if calls
                  else walk_eager(model, "", "", "swap"))
         if verify and example_inputs is not None and any(r.mode == "graph" for r in regions):
-            if not same_output(reference, run_seeded(root, example_inputs, {})):
+            if not same_output(reference, run_seeded(root, example_inputs, kwargs)):
                 raise CaptureError("captured graph does not reproduce the model's outputs; "
                                    "please report this model")
 
@@ -128,7 +151,35 @@ def capture(model: nn.Module, example_inputs: Args | None = None, *, verify: boo
             shapes[site.name] = shape
     if calls:
         shapes.update(functional_shapes(root, sites, calls))
+        shapes.update(_projection_shapes(root, sites, calls, shapes))
     return Captured(module=root, regions=regions, sites=sites, input_shapes=shapes)
+
+
+_MHA_INPUTS = {"q_proj": (0, "query"), "k_proj": (1, "key"), "v_proj": (2, "value"), "out_proj": (0, "query")}
+
+
+def _projection_shapes(root: nn.Module, sites: list[LayerSite], calls: dict[str, Call],
+                       known: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Input shapes of the projections of an ``nn.MultiheadAttention``, from the attention's
+    recorded call: it reads its packed weights itself, so its projections are never called."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for site in sites:
+        parent, _, proj = site.name.rpartition(".")
+        if site.name in known or proj not in _MHA_INPUTS or parent not in calls:
+            continue
+        try:
+            mha = root.get_submodule(parent)
+        except AttributeError:
+            continue
+        if not isinstance(mha, nn.MultiheadAttention):
+            continue
+        args, kwargs = calls[parent]
+        index, key = _MHA_INPUTS[proj]
+        value = args[index] if index < len(args) else kwargs.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            shape = tuple(value.shape)
+            shapes[site.name] = shape[:-1] + (mha.embed_dim,) if proj == "out_proj" else shape
+    return shapes
 
 
 def _descend(module: nn.Module, prefix: str, calls: dict[str, Call], regions: list[Region],
@@ -161,7 +212,7 @@ def _descend(module: nn.Module, prefix: str, calls: dict[str, Call], regions: li
             sites.extend(graph_sites(traced, name, name))
             continue
         if isinstance(traced, fx.GraphModule):
-            traced = "traced graph did not reproduce the recorded call"
+            traced = Untraced("traced graph did not reproduce the recorded call")
         regions.append(Region(name, "swap", traced))
         sites.extend(_descend(child, name, calls, regions, verify))
     return sites

@@ -39,8 +39,10 @@ def same_output(a: Any, b: Any) -> bool:
     return type(a) is type(b)
 
 
-def record_calls(model: nn.Module, example_inputs: Args) -> tuple[dict[str, Call], Any]:
-    """Run ``model(*example_inputs)`` once and record each module's first call ``(args, kwargs)``.
+def record_calls(model: nn.Module, example_inputs: Args,
+                 example_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Call], Any]:
+    """Run ``model(*example_inputs, **example_kwargs)`` once and record each module's first call
+    ``(args, kwargs)``.
 
     Raises :class:`CaptureError` naming the innermost module that failed when the
     example inputs do not fit the model.
@@ -63,11 +65,13 @@ def record_calls(model: nn.Module, example_inputs: Args) -> tuple[dict[str, Call
         handles.append(mod.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(mod.register_forward_hook(post_hook, with_kwargs=True))
     try:
-        output = run_seeded(model, example_inputs, {})
+        output = run_seeded(model, example_inputs, example_kwargs or {})
     except Exception as error:
         where = stack[-1] if stack else ""
         layer = f"layer {where!r}" if where else "the model's own forward"
-        shapes = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
+        shapes: list[Any] = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
+        shapes += [f"{k}={tuple(t.shape)}" for k, t in (example_kwargs or {}).items()
+                   if isinstance(t, torch.Tensor)]
         raise CaptureError(
             f"example_inputs with shapes {shapes} do not fit the model: {layer} failed with "
             f"{shorten(error)}"
@@ -86,20 +90,28 @@ def input_shape(call: Call | None) -> tuple[int, ...] | None:
     return tuple(first.shape) if isinstance(first, torch.Tensor) else None
 
 
-def batch_slice(example_inputs: Args) -> Args:
+def batch_slice(example_inputs: Args, example_kwargs: dict[str, Any] | None = None) -> Call:
     """The first two samples of every batched tensor input (enough for batch norm)."""
-    return tuple(t[:2] if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in example_inputs)
+    def head(t: Any) -> Any:
+        return t[:2] if isinstance(t, torch.Tensor) and t.dim() > 0 else t
+
+    return tuple(head(t) for t in example_inputs), {k: head(t) for k, t in (example_kwargs or {}).items()}
 
 
-def record_on_meta(model: nn.Module, example_inputs: Args) -> dict[str, Call]:
+def record_on_meta(model: nn.Module, example_inputs: Args,
+                   example_kwargs: dict[str, Any] | None = None) -> dict[str, Call]:
     """Recorded calls (for their shapes) from a run on the meta device; a real run if meta fails."""
     from tedepr_fx.utils import meta_copy
 
-    meta_inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    def meta(t: Any) -> Any:
+        return t.to("meta") if isinstance(t, torch.Tensor) else t
+
+    meta_inputs = tuple(meta(t) for t in example_inputs)
+    meta_kwargs = {k: meta(t) for k, t in (example_kwargs or {}).items()}
     try:
-        return record_calls(meta_copy(model), meta_inputs)[0]
+        return record_calls(meta_copy(model), meta_inputs, meta_kwargs)[0]
     except CaptureError:
-        return record_calls(model, example_inputs)[0]
+        return record_calls(model, example_inputs, example_kwargs)[0]
 
 
 def verify_region(original: nn.Module, traced: nn.Module, call: Call, expected: Any = _MISSING) -> bool:

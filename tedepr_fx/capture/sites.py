@@ -267,8 +267,9 @@ def mark_shared(root: nn.Module, sites: list[LayerSite]) -> None:
     """Record, for every site, the other holders of its weight tensor anywhere in the model.
 
     A weight tied to an embedding, to another layer or to a plain parameter cannot be
-    factorized or pruned on one side only. Works on the meta device too: ties survive
-    :func:`~tedepr_fx.utils.meta_copy`, so ``plan`` refuses what ``transform`` refuses.
+    factorized or pruned on one side only: the match pass keeps such a layer dense, with a
+    warning naming the tied group. Works on the meta device too: ties survive
+    :func:`~tedepr_fx.utils.meta_copy`, so ``plan`` keeps dense what ``transform`` keeps dense.
     """
     holders: dict[int, list[str]] = {}
     for path, param in root.named_parameters(remove_duplicate=False):

@@ -122,13 +122,43 @@ def _concrete_args(module: nn.Module, call: Call | None) -> dict[str, Any] | Non
 
 
 
-def try_trace(module: nn.Module, call: Call | None) -> fx.GraphModule | str:
+class Untraced(str):
+    """Why a module did not trace, in words; ``detail`` is the raw error text, if any."""
+
+    detail: str
+
+    def __new__(cls, words: str, detail: str = "") -> Untraced:
+        obj = super().__new__(cls, words)
+        obj.detail = detail
+        return obj
+
+
+# (a piece of the error text, the words a report shows for it)
+_WHY = [
+    ("cannot be used as inputs to control flow",
+     "data-dependent control flow (the code branches on a tensor's value or shape)"),
+    ("Proxy object cannot be iterated", "the code iterates over or unpacks a tensor (a loop, *args)"),
+    ("co_varnames is too small", "its forward takes **kwargs, which torch.fx cannot trace"),
+]
+
+
+def why_untraced(error: BaseException) -> Untraced:
+    """Words for a tracing failure (dynamic control flow, **kwargs, ...); the raw text as detail."""
+    text = str(error)
+    for piece, words in _WHY:
+        if piece in text:
+            return Untraced(words, shorten(error))
+    return Untraced(f"the code does not trace symbolically ({type(error).__name__})", shorten(error))
+
+
+def try_trace(module: nn.Module, call: Call | None) -> fx.GraphModule | Untraced:
+    """The traced module, or why it did not trace (in words)."""
     concrete = _concrete_args(module, call)
     if concrete is None:
-        return "called with non-tensor arguments that tracing would freeze"
+        return Untraced("called with non-tensor arguments (flags, caches, configs) that tracing would freeze")
     try:
         graph = TedeprTracer().trace(module, concrete_args=concrete or None)
     except Exception as error:  # noqa: BLE001 - any tracing failure means "not traceable"
-        return shorten(error)
+        return why_untraced(error)
     return graph_module(module, graph)
 

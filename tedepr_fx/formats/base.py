@@ -102,6 +102,9 @@ class Format(ABC, Generic[ShapeT]):
 
     name: ClassVar[str]
     has_modes: ClassVar[bool]
+    #: the smallest rank ``rank: auto`` gives: a rank that keeps information flowing through
+    #: the layer (a Tucker rank of 1 makes every output channel a multiple of one map)
+    auto_rank_floor: ClassVar[int] = 1
 
     @abstractmethod
     def builders(self) -> dict[str, Builder]:
@@ -145,11 +148,13 @@ class Format(ABC, Generic[ShapeT]):
         modes_or_auto(modes, self.name)
         return builders[kind](module, rank, init=init)
 
-    def auto_rank(self, kind: str, module: nn.Module, modes: object, target_params: float) -> int:
+    def auto_rank(self, kind: str, module: nn.Module, modes: object, target_params: float,
+                  floor: int | None = None) -> int:
         """``rank: auto``: the largest uniform int rank whose stored factors are ``<= target_params``.
 
-        At least 1. Probed on a meta copy of ``module`` (no allocation); the stored count
-        grows with the rank, so a binary search over ``1..max(full ranks)`` finds it.
+        At least ``floor`` (default :attr:`auto_rank_floor`), capped at the largest full rank.
+        Probed on a meta copy of ``module`` (no allocation); the stored count grows with the
+        rank, so a binary search over ``1..max(full ranks)`` finds it.
         """
         from tedepr_fx.utils import meta_copy  # torch-heavy helpers stay out of import time
 
@@ -171,7 +176,8 @@ class Format(ABC, Generic[ShapeT]):
                 low = mid
             else:
                 high = mid - 1
-        return low
+        top = int(max(getattr(full, "tedepr_info", {}).get("ranks", [1])))
+        return min(top, max(low, self.auto_rank_floor if floor is None else floor))
 
 
 _LOADED: dict[str, Format[Any]] = {}

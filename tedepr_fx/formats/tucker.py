@@ -104,6 +104,7 @@ class Tucker2(Format[DenseShape]):
 
     name = "tucker"
     has_modes = False
+    auto_rank_floor = 2
 
     def builders(self) -> dict[str, Builder]:
         from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear

@@ -4,7 +4,8 @@
 from scratch or decomposed from the layer's weight); ``action: prune`` builds the masked dense
 module. ``rank: auto`` is resolved here from the layer's budget: the largest
 uniform rank whose factors hold at most ``auto_rank_multiple`` times the entries
-the budget keeps, so that fine-grained pruning has room to choose.
+the budget keeps, so that fine-grained pruning has room to choose, and never below the
+rule's ``min_rank`` or the format's :attr:`~tedepr_fx.formats.base.Format.auto_rank_floor`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def resolve_auto_rank(decision: Decision, format_name: str, module: nn.Module, m
     if budget.of != "dense":
         raise LayerError(decision.name, "rank: auto needs a budget counted 'of: dense'", decision.rule_name)
     target = multiple * budget.target_density * decision.dense_params
-    low = get_format(format_name).auto_rank(decision.site.kind.name, module, decision.modes or "auto", target)
+    low = get_format(format_name).auto_rank(decision.site.kind.name, module, decision.modes or "auto", target,
+                                            floor=decision.min_rank)
     decision.auto_rank = low
     return low

@@ -3,6 +3,10 @@
 A :class:`Decision` is the working state the later passes read (the rule, its
 resolved budget and factorization); what ends up in the plan and the report is the
 :class:`~tedepr_fx.record.LayerRecord` built from it once the rewrite is done.
+
+A layer whose weight other holders share (``LayerSite.shared_with``: GPT-2's ``lm_head``
+is its token embedding) is never split: whatever its rule asks, the decision is
+``keep``, with a warning naming the tied group.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Decision:
     scorer: str | None = None
     budget: Budget | None = None
     budget_id: str = "default"
+    min_rank: int | None = None  # the rule's floor for rank "auto"
     auto_rank: int | None = None  # set by the factorize pass when rank is "auto"
 
     @property
@@ -68,6 +73,12 @@ def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list
             decisions.append(Decision(site, None, "unmatched", old_type, dense_shape, dense_params))
             continue
         used.add(rule.name)
+        if rule.action != "keep" and site.shared_with:
+            # a tied weight is one tensor with several users: never split it, keep it dense
+            warnings.warn(f"layer {site.name!r} (rule {rule.name!r}): {tied_text(site)}; a tied weight is "
+                          f"never {rule.action}d on one side only, so it is kept dense", UserWarning, stacklevel=3)
+            decisions.append(Decision(site, rule, "keep", old_type, dense_shape, dense_params))
+            continue
         decision = Decision(
             site, rule, rule.action, old_type, dense_shape, dense_params,
             init=rule.effective_init(ruleset.defaults),
@@ -82,6 +93,7 @@ def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list
         if rule.action == "factorize" and fact is not None:  # the schema requires it there
             decision.format = fact.format
             decision.rank = fact.rank
+            decision.min_rank = getattr(fact, "min_rank", None)
             modes = getattr(fact, "modes", None)
             decision.modes = modes if modes in (None, "auto") else (list(modes.in_), list(modes.out))
         decisions.append(decision)
@@ -95,14 +107,13 @@ def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list
     return decisions
 
 
+def tied_text(site: LayerSite) -> str:
+    """Words for a site whose weight other holders share (its tied group)."""
+    group = ", ".join(sorted((site.name, *site.shared_with)))
+    return f"its weight is tied to {', '.join(site.shared_with)} (tied group: {group})"
+
+
 def _check_applicable(site: LayerSite, rule: Rule) -> None:
-    if site.shared_with:
-        raise LayerError(
-            site.name,
-            f"shares its weight with {', '.join(site.shared_with)}; a tied weight cannot be "
-            f"{rule.action}d on one side only (use action: keep, or untie the weights)",
-            rule.name,
-        )
     fmt = rule.factorize.format if rule.factorize is not None else None
     if rule.action == "factorize" and fmt not in site.kind.formats:
         raise LayerError(

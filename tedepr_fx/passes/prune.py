@@ -8,10 +8,15 @@ objects to predict kept counts. Layers are scored by the scorer their rule names
 ``torch.distributed`` the scores are averaged over ranks; then
 :func:`tedepr_fx.budget.allocate` turns them into exact-count masks, which are
 written into the layers' mask buffers.
+
+Without data, a rule whose scorer needs data is scored by the rule file's
+``scoring.without_data`` scorer (:func:`scorer_used`), with one warning; its
+default, ``error``, leaves the scorer to raise :class:`~tedepr_fx.errors.DataError`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +32,19 @@ from tedepr_fx.budget import (
 )
 from tedepr_fx.passes.match import Decision
 from tedepr_fx.rules import Scoring
-from tedepr_fx.scoring import collect_targets, scorer_from_rules
+from tedepr_fx.scoring import SCORERS, collect_targets, scorer_from_rules
+
+
+def scorer_used(name: str, scoring: Scoring, have_data: bool) -> str:
+    """The scorer that scores a rule asking for ``name``: ``name`` itself, or the rule file's
+    ``scoring.without_data`` scorer when ``name`` needs data and none was given.
+
+    With ``without_data: error`` (the default) it is ``name``, whose scorer then raises
+    :class:`~tedepr_fx.errors.DataError` for the missing data.
+    """
+    if have_data or scoring.without_data == "error" or name not in SCORERS or not SCORERS[name].needs_data:
+        return name
+    return scoring.without_data
 
 
 def groups_for(model: nn.Module, decisions: Sequence[Decision],
@@ -46,7 +63,7 @@ def groups_for(model: nn.Module, decisions: Sequence[Decision],
             layer=layer, targets=collect_targets(model, layers=[layer]),
             dense_params=decision.dense_params, density=budget.target_density, of=budget.of,
             allocation=budget.allocation, min_density=budget.min_density,
-            budget_id=decision.budget_id, dense_shape=tuple(decision.dense_shape),
+            budget_id=decision.budget_id, dense_shape=tuple(decision.dense_shape), min_kept=budget.min_kept,
         )))
     return pairs
 
@@ -60,8 +77,18 @@ def score_and_mask(model: nn.Module, pairs: Sequence[tuple[Decision, Group]], sc
     groups = [g for _, g in pairs]
     density = pooled_density(groups)
     by_scorer: dict[str, list[tuple[Decision, Group]]] = {}
+    fallbacks: dict[str, set[str]] = {}  # scorer asked for -> rules scored without data instead
     for decision, group in pairs:
-        by_scorer.setdefault(str(decision.scorer), []).append((decision, group))
+        used = scorer_used(str(decision.scorer), scoring, bool(batches))
+        if used != decision.scorer:
+            fallbacks.setdefault(str(decision.scorer), set()).add(decision.rule_name)
+        by_scorer.setdefault(used, []).append((decision, group))
+    if fallbacks:
+        asked = "; ".join(f"scorer {name!r} of rule(s) {', '.join(repr(r) for r in sorted(rules))}"
+                          for name, rules in sorted(fallbacks.items()))
+        warnings.warn(f"no data was given: {asked} needs data batches, so those layers are scored by "
+                      f"{scoring.without_data!r} (the rules' scoring.without_data); pass data=... to "
+                      "score them as the rules ask", UserWarning, stacklevel=3)
     scores = {}
     for scorer_name, members in by_scorer.items():
         rules = sorted({d.rule_name for d, _ in members})

@@ -99,6 +99,9 @@ class Budget(_Model):
         "global", description="How the budget is spread over the layers that share it.")
     min_density: float = Field(
         0.0005, ge=0.0, le=1.0, description="Floor of the kept share per layer, in [0, 1], so that no layer is emptied.")
+    min_kept: int = Field(
+        0, ge=0, description="At least this many entries kept in each layer of the rule, whatever the ranking "
+        "(capped at what the layer stores); they count towards the shared budget.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
@@ -219,6 +222,19 @@ class TTModes(_Model):
         return self
 
 
+class _FactorizationBase(_Model):
+    """What every ``factorize:`` model checks: ``min_rank`` goes with ``rank: auto`` only."""
+
+    @model_validator(mode="after")
+    def _min_rank_with_auto(self) -> _FactorizationBase:
+        rank, min_rank = getattr(self, "rank", None), getattr(self, "min_rank", None)
+        if min_rank is not None and rank != "auto":
+            raise PydanticCustomError(
+                "min_rank", "min_rank is a floor for rank: auto; with rank {rank} the rank is already "
+                "given (drop min_rank, or write rank: auto)", {"rank": rank, "at": [("min_rank",)]})
+        return self
+
+
 def _factorization_model(name: str, entry: FormatEntry) -> type[_Model]:
     """The ``factorize:`` model of one registered format: ``format``, ``rank`` and, where the
     format has modes, ``modes``. Built from :data:`tedepr_fx.names.FORMATS`, so a new format
@@ -226,11 +242,14 @@ def _factorization_model(name: str, entry: FormatEntry) -> type[_Model]:
     fields: dict[str, Any] = {
         "format": (Literal[name], Field(description=f"{name}: {entry.description}")),
         "rank": (RankField, ...),
+        "min_rank": (int | None, Field(
+            None, ge=1, description="With rank auto: never a smaller uniform rank than this, whatever the "
+            "budget (the format's own floor applies otherwise; capped at the full rank).")),
     }
     if entry.modes:
         fields["modes"] = (Literal["auto"] | TTModes,
                            Field("auto", description="auto, or {in: [...], out: [...]} (same length >= 2)."))
-    return create_model(f"{entry.title}Factorization", __base__=_Model, __doc__=entry.description,
+    return create_model(f"{entry.title}Factorization", __base__=_FactorizationBase, __doc__=entry.description,
                         __module__=__name__, **fields)
 
 

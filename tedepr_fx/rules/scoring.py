@@ -9,12 +9,12 @@ neither torch nor anything that does.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from tedepr_fx.names import SCORER_NAMES
+from tedepr_fx.names import SCORER_NAMES, ScorerName
 from tedepr_fx.rules.strict import StrictModel
 
 
@@ -31,6 +31,12 @@ class TrainabilityOptions(ScorerOptions):
     checkpoint: bool = Field(
         True, description="Recompute the K steps instead of keeping their graphs: exact, memory of about "
         "two training steps, about K more forward+backward passes.")
+    iterations: int = Field(
+        10, ge=1, description="Pruning rounds (exponential schedule, as SynFlow's): each round rescores "
+        "the surviving network and prunes towards the final density; 1 scores once (ProsPr's one shot).")
+    flow: bool = Field(
+        True, description="Multiply each score by the entry's synaptic flow (SynFlow's path score, "
+        "Tanaka et al. 2020), so that an entry on no input-output path scores zero.")
 
 
 class GraspOptions(ScorerOptions):
@@ -63,6 +69,26 @@ class Scoring(StrictModel):
     grasp: GraspOptions = Field(GraspOptions(), description="Options of the grasp scorer.")
     synflow: SynflowOptions = Field(SynflowOptions(), description="Options of the synflow scorer.")
     force: ForceOptions = Field(ForceOptions(), description="Options of the force scorer.")
+    without_data: str = Field(
+        "error", json_schema_extra={"enum": ["error", "synflow", "magnitude", "random"]},
+        description="What scores a rule whose scorer needs data when transform is given none: a "
+                    "data-free scorer (synflow, magnitude, random), or error (raise a DataError).")
+
+    # the scorers that need no data (their class's needs_data is False; tests check the registry)
+    DATA_FREE: ClassVar[tuple[ScorerName, ...]] = ("synflow", "magnitude", "random")
+
+    @field_validator("without_data")
+    @classmethod
+    def _data_free(cls, value: str) -> str:
+        if value == "error" or value in cls.DATA_FREE:
+            return value
+        choices = ", ".join(cls.DATA_FREE)
+        if value in SCORER_NAMES:
+            raise PydanticCustomError(
+                "without_data", "scorer {got} needs data itself; choose a data-free scorer ({choices}) or error",
+                {"got": repr(value), "choices": choices})
+        raise PydanticCustomError("without_data", "must be a data-free scorer ({choices}) or error; got {got}",
+                                  {"got": repr(value), "choices": choices})
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,6 @@ iteratively conserving synaptic flow", NeurIPS 2020.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -17,7 +16,7 @@ from torch import Tensor
 from tedepr_fx.errors import DataError
 from tedepr_fx.rules.scoring import SynflowOptions
 from tedepr_fx.scoring.base import Scorer, _Run
-from tedepr_fx.scoring.iterative import exponential_schedule, global_topk, require_density
+from tedepr_fx.scoring.iterative import prune_in_rounds, require_density
 
 
 class SynflowScorer(Scorer):
@@ -46,37 +45,42 @@ class SynflowScorer(Scorer):
         if inputs is None:
             raise DataError(f"{run.where}scorer 'synflow' needs example_inputs (or one batch) "
                             "to know the input shape")
-        ones_in = _all_ones(inputs)
-        run.model.eval()
-        linear = {n: p.detach().abs() for n, p in run.model.named_parameters()}
-        linear.update({n: b.abs() for n, b in run.model.named_buffers()
-                       if b.is_floating_point() and not n.endswith("_mask")})
-        total = sum(t.tensor().numel() for t in run.targets)
-        current = {k: torch.ones_like(w, dtype=torch.bool) for k, w in run.tensors().items()}
-        pruned_at = {k: torch.full(w.shape, math.inf, dtype=torch.float64, device=w.device)
-                     for k, w in run.tensors().items()}
-        last: dict[str, Tensor] = {}
+        flow = SynapticFlow(run, inputs)
         with self._progress(self.options.iterations, self.name) as bar:
-            for rnd, d in enumerate(exponential_schedule(density, self.options.iterations), start=1):
-                masks = {k: m.to(run.tensors()[k].dtype).requires_grad_(True) for k, m in current.items()}
-                out = run.output_fn(run.forward(ones_in, masks, linear))
-                keys = list(masks)
-                grads = torch.autograd.grad(out.sum(), [masks[k] for k in keys], allow_unused=True)
-                # dR/dm = |w| * dR/d(w_eff): the SynFlow score of every entry, pruned or not
-                scores = {k: (torch.zeros_like(masks[k]) if g is None else g.detach().abs())
-                          for k, g in zip(keys, grads)}
-                for k in keys:
-                    last[k] = torch.where(current[k], scores[k], last.get(k, scores[k]))
-                # pruned entries stay pruned: rank them below every surviving one
-                scores = {k: torch.where(current[k], s, torch.full_like(s, -1.0)) for k, s in scores.items()}
-                new = global_topk(scores, max(1, round(d * total)))
-                for k in keys:
-                    pruned_at[k][current[k] & ~new[k]] = rnd
-                    current[k] = current[k] & new[k]
-                bar.update(1)
-        peak = max(float(s.max()) for s in last.values()) or 1.0
-        return {k: torch.where(torch.isinf(pruned_at[k]), float(self.options.iterations + 1), pruned_at[k])
-                + 0.5 * last[k].double() / peak for k in last}
+            return prune_in_rounds(run.tensors(), density, self.options.iterations,
+                                   lambda _, alive: flow.scores(alive), lambda: bar.update(1))
+
+
+class SynapticFlow:
+    r"""The synaptic-flow scores :math:`|w \odot \partial R / \partial w|` of a run's targets at given masks.
+
+    Every parameter and floating buffer is replaced by its absolute value and the
+    model runs in eval mode on an all-ones input shaped like ``inputs``:
+    :math:`R = \mathbf{1}^\top f(\mathbf{1})` is the sum over input-output paths
+    of the product of the weights along each path (Tanaka et al., 2020), so an
+    entry on no path from input to output scores exactly zero.
+    """
+
+    def __init__(self, run: _Run, inputs: Any) -> None:
+        self.run, self.ones_in = run, _all_ones(inputs)
+        self.linear = {n: p.detach().abs() for n, p in run.model.named_parameters()}
+        self.linear.update({n: b.abs() for n, b in run.model.named_buffers()
+                            if b.is_floating_point() and not n.endswith("_mask")})
+        self.dtypes = {k: t.dtype for k, t in run.tensors().items()}
+
+    def scores(self, alive: dict[str, Tensor]) -> dict[str, Tensor]:
+        training = self.run.model.training
+        self.run.model.eval()
+        try:
+            masks = {k: m.to(self.dtypes[k]).requires_grad_(True) for k, m in alive.items()}
+            out = self.run.output_fn(self.run.forward(self.ones_in, masks, self.linear))
+            keys = list(masks)
+            grads = torch.autograd.grad(out.sum(), [masks[k] for k in keys], allow_unused=True)
+        finally:
+            self.run.model.train(training)
+        # dR/dm = |w| * dR/d(w_eff): the SynFlow score of every entry, pruned or not
+        return {k: (torch.zeros_like(masks[k]) if g is None else g.detach().abs())
+                for k, g in zip(keys, grads)}
 
 
 def _all_ones(inputs: Any) -> Any:

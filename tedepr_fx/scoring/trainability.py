@@ -18,6 +18,8 @@ from torch import Tensor
 
 from tedepr_fx.rules.scoring import TrainabilityOptions
 from tedepr_fx.scoring.base import Batch, Scorer, _Run
+from tedepr_fx.scoring.iterative import prune_in_rounds, require_density
+from tedepr_fx.scoring.synflow import SynapticFlow
 
 Tensors = dict[str, Tensor]
 
@@ -72,21 +74,42 @@ class TrainabilityScorer(Scorer):
 
     def _score(self, run: _Run) -> Tensors:
         run.model.train()
-        steps = self.options.steps
-        batches = [run.batches[k % len(run.batches)] for k in range(steps + 1)]
-        with self._progress(steps + 1 + (steps if self._checkpointed else 0), self.name) as bar:
-            if self._checkpointed:
-                return self._reverse_sweep(run, batches, bar)
-            return self._unrolled(run, batches, bar)
+        steps, iterations = self.options.steps, self.options.iterations
+        passes = steps + 1 + (steps if self._checkpointed else 0)
+        flow = SynapticFlow(run, run.example_inputs if run.example_inputs is not None
+                            else run.batches[0][0]) if self.options.flow else None
+        tensors = run.tensors()
+        with self._progress(passes * iterations, self.name) as bar:
+
+            def score_round(rnd: int, alive: Tensors) -> Tensors:
+                masks = {k: m.to(tensors[k].dtype) for k, m in alive.items()}
+                scores = self._meta_gradient(run, masks, (rnd - 1) * (steps + 1), bar)
+                if flow is not None:
+                    paths = flow.scores(alive)
+                    scores = {k: s * paths[k] for k, s in scores.items()}
+                return scores
+
+            if iterations == 1:
+                return score_round(1, {k: torch.ones_like(t, dtype=torch.bool) for k, t in tensors.items()})
+            density = require_density(run.density, self.name, run.where)
+            return prune_in_rounds(tensors, density, iterations, score_round)
+
+    def _meta_gradient(self, run: _Run, masks: Tensors, first_batch: int, bar: Any) -> Tensors:
+        """``|dL_K/dm|`` at ``masks``, the K steps reading batches from ``first_batch`` on (cyclically)."""
+        n = len(run.batches)
+        batches = [run.batches[(first_batch + k) % n] for k in range(self.options.steps + 1)]
+        if self._checkpointed:
+            return self._reverse_sweep(run, masks, batches, bar)
+        return self._unrolled(run, masks, batches, bar)
 
     @property
     def _checkpointed(self) -> bool:
         return self.options.checkpoint and not self.options.first_order
 
     # -- all steps in one graph ---------------------------------------------------
-    def _unrolled(self, run: _Run, batches: list[Batch], bar: Any) -> Tensors:
+    def _unrolled(self, run: _Run, masks: Tensors, batches: list[Batch], bar: Any) -> Tensors:
         steps, lr, first_order = self.options.steps, self.options.inner_lr, self.options.first_order
-        masks = run.ones(requires_grad=True)
+        masks = {k: m.detach().requires_grad_(True) for k, m in masks.items()}
         params = {n: p.detach().clone().requires_grad_(True)
                   for n, p in run.model.named_parameters() if p.requires_grad}
         names = list(params)
@@ -104,8 +127,9 @@ class TrainabilityScorer(Scorer):
         return {k: (torch.zeros_like(masks[k]) if g is None else g.abs()) for k, g in zip(keys, grads)}
 
     # -- forward sweep storing weights, reverse sweep recomputing each step ---------
-    def _reverse_sweep(self, run: _Run, batches: list[Batch], bar: Any) -> Tensors:
-        masks = run.ones(requires_grad=False)
+    def _reverse_sweep(self, run: _Run, masks: Tensors, batches: list[Batch], bar: Any) -> Tensors:
+        # at a 0/1 mask the formulas below are exact for every live entry (m = 1 there);
+        # pruned entries' scores are never read by the rounds
         weights = {n: p.detach() for n, p in run.model.named_parameters() if p.requires_grad}
         trainable = set(weights)
         # the variables: every trainable parameter and every target tensor (frozen or not)

@@ -1,0 +1,74 @@
+"""Accuracy against sparsity, one PNG per model, every method (matplotlib, the ``bench`` extra).
+
+Sparsities are spaced evenly on the x axis (0.99, 0.995 and 0.998 would crowd
+together on a linear one); error bars are the sample standard deviation over seeds;
+the dense model's accuracy and twice chance are horizontal lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tedepr_fx.bench.summary import chance_of, sparsities, summarize
+from tedepr_fx.bench.zoo import SUITE_MODELS
+
+
+def have_matplotlib() -> bool:
+    """Whether matplotlib can be imported (it is an optional dependency)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_plots(records: Iterable[dict[str, Any]], folder: Path) -> list[Path]:
+    """One ``<model>.png`` per model in ``folder``; returns the files written.
+
+    Raises
+    ------
+    ImportError
+        When matplotlib is not installed (``pip install 'tedepr_fx[bench]'``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    summary = summarize(records)
+    chance = chance_of(records)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for model, methods in summary.items():
+        columns = sparsities(summary, model)
+        if not columns:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        xs = list(range(len(columns)))
+        for method, by in methods.items():
+            if method == "dense":
+                ax.axhline(100 * by[None].mean, color="black", linestyle="--", linewidth=1, label="dense")
+                continue
+            points = [(x, by[s]) for x, s in zip(xs, columns) if s in by]
+            style = {"linewidth": 2.5, "color": "tab:red"} if method == "tedepr" else {"linewidth": 1.2}
+            ax.errorbar([x for x, _ in points], [100 * st.mean for _, st in points],
+                        yerr=[100 * st.spread for _, st in points], marker="o", capsize=3,
+                        label=method, **style)
+        if model in chance:
+            ax.axhline(200 * chance[model], color="grey", linestyle=":", linewidth=1, label="2 x chance")
+        spec = SUITE_MODELS.get(model)
+        ax.set_title(f"{spec.title if spec else model}: test accuracy vs sparsity")
+        ax.set_xticks(xs, [f"{s:g}" for s in columns])
+        ax.set_xlabel("sparsity (share of the dense weights removed)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="best")
+        fig.tight_layout()
+        path = folder / f"{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
