@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tedepr_fx import RuleError
+from tedepr_fx import RuleError, policies
 from tedepr_fx.names import FORMAT_NAMES
 from tedepr_fx.rules import MAX_DEPTH, MAX_NODES, RuleSet, load_rules, parse_rules
 from tedepr_fx.rules.limits import MAX_CHARS
@@ -434,3 +434,15 @@ def test_fuzz_only_rule_errors(doc, cuts):
         else:
             assert isinstance(result, RuleSet)
             assert load_rules(result.to_yaml()) == result
+
+
+def test_rules_slash_a_shipped_policy_is_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no rules/ folder here: the shipped policy is read
+    shipped = load_rules("rules/transformer.yaml")
+    assert [r.name for r in shipped.rules] == [r.name for r in load_rules(policies.path("transformer")).rules]
+    (tmp_path / "rules").mkdir()  # a user's own rules/transformer.yaml wins
+    (tmp_path / "rules" / "transformer.yaml").write_text(
+        "version: 1\nrules:\n  - {name: mine, match: {type: Linear}, action: keep}\n")
+    assert [r.name for r in load_rules("rules/transformer.yaml").rules] == ["mine"]
+    with pytest.raises(RuleError, match="no such file"):
+        load_rules("rules/not-a-policy.yaml")

@@ -64,7 +64,7 @@ def load_rules(rules: RuleSet | str | os.PathLike[str] | Mapping[str, Any]) -> R
     if isinstance(rules, RuleSet):
         return rules
     if isinstance(rules, os.PathLike) or (isinstance(rules, str) and _looks_like_path(rules)):
-        path = Path(rules)
+        path = _shipped(Path(rules))
         return parse_rules(read_text(path), str(path), path.resolve().parent)
     if isinstance(rules, str):
         return parse_rules(rules)
@@ -73,6 +73,17 @@ def load_rules(rules: RuleSet | str | os.PathLike[str] | Mapping[str, Any]) -> R
     raise RuleError(LocatedError(
         Location("<rules>"), "rules",
         f"must be a path, YAML text, a dict or a RuleSet; got {type(rules).__name__}"))
+
+
+def _shipped(path: Path) -> Path:
+    """``path``, or the shipped policy it names when it is ``rules/<policy>.yaml`` and no such
+    file exists here: the documented ``transform(model, "rules/transformer.yaml")`` then works
+    from any directory, and a user's own ``rules/`` folder always wins."""
+    from tedepr_fx import policies
+
+    if path.exists() or path.parent != Path("rules") or path.suffix != ".yaml" or path.stem not in policies.names():
+        return path
+    return policies.path(path.stem)
 
 
 def _looks_like_path(text: str) -> bool:
