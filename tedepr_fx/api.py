@@ -46,6 +46,7 @@ from tedepr_fx.example_inputs import (
     split_example,
 )
 from tedepr_fx.layers.masked import Accounting
+from tedepr_fx.losses import resolve_loss
 from tedepr_fx.passes.collapse import check_collapse
 from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
 from tedepr_fx.passes.match import Decision, match, tied_text
@@ -98,8 +99,10 @@ def transform(
         scorer (recorded in each layer's ``scored_by``, with a warning), or raises
         ``DataError`` when that is ``error`` (the default).
     loss_fn
-        ``loss_fn(outputs, targets)``; cross-entropy by default (for dict batches with
-        ``labels``: the model's own loss, else ``loss_fn(output_fn(outputs), labels)``).
+        ``loss_fn(outputs, targets)``, or the name of a preset of :mod:`tedepr_fx.losses`
+        (``"classification"``, ``"causal_lm"``, ``"masked_lm"``); default: the rules'
+        ``scoring.loss``, else cross-entropy (for dict batches with ``labels``: the model's
+        own loss, else ``loss_fn(output_fn(outputs), labels)``).
     output_fn
         Maps the model's output to the tensor ``loss_fn`` takes. By default a tensor is used
         as is, an output with ``logits`` (Hugging Face heads) gives its logits, a tuple its
@@ -122,7 +125,8 @@ def transform(
     """
     ruleset = load_rules(rules)
     example = split_example(example_inputs)
-    batches, loss_fn, output_fn = _batches(data, ruleset.scoring, loss_fn, output_fn)
+    batches, loss_fn, output_fn = _batches(data, ruleset.scoring, resolve_loss(loss_fn, ruleset.scoring.loss),
+                                           output_fn)
     if example is None and batches:
         example = split_example(_without_labels(batches[0][0]))
     if example is None:

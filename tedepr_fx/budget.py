@@ -197,51 +197,69 @@ def check_density_budget(density: float, who: str) -> None:
 
 def _allocate_global(scores: dict[str, Tensor], pool: list[Group], masks: dict[str, Tensor],
                      per_layer: dict[str, LayerAllocation]) -> None:
-    """One threshold over the pool's entries; scores are divided by the pool's sum of |score|.
+    """One threshold over the pool's entries: the pool's budget is kept by one ranking.
 
-    The division makes scores of different magnitudes readable side by side in
-    reports; it does not change the ranking.
+    (Scores of one scorer compare directly across layers, as in SNIP, GraSP and SynFlow;
+    the ranking is all that matters, so they are not rescaled.)
     """
-    norm = sum(float(scores[t.key].double().abs().sum()) for g in pool for t in g.targets) or 1.0
-    normalised = {t.key: scores[t.key].double() / norm for g in pool for t in g.targets}
-    total = sum(g.budget for g in pool)
-    _allocate_pool(normalised, pool, total, masks, per_layer)
+    _allocate_pool(scores, pool, sum(g.budget for g in pool), masks, per_layer)
+
+
+def top_by_position(values: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` largest of the 1-D ``values``, ties broken by lower position.
+
+    The same as the first ``k`` of a stable descending sort, in linear time (one
+    ``kthvalue``): every value above the k-th largest, then the first of those equal to it.
+    """
+    n = values.numel()
+    chosen = torch.zeros(n, dtype=torch.bool)
+    if k <= 0:
+        return chosen
+    if k >= n:
+        return ~chosen
+    kth = torch.kthvalue(values, n - k + 1).values
+    chosen = values > kth
+    need = k - int(chosen.sum())
+    chosen[(values == kth).nonzero().flatten()[:need]] = True
+    return chosen
 
 
 def _allocate_pool(scores: dict[str, Tensor], pool: list[Group], total: int,
                    masks: dict[str, Tensor], per_layer: dict[str, LayerAllocation]) -> None:
-    """Keep floors, then the top ``total - floors`` entries of the pool by score."""
+    """Keep each tensor's floor, then each layer's ``min_kept``, then the pool's best entries up to ``total``.
+
+    Every choice is "the highest scores, ties by position" over the pool's entries laid
+    end to end (target order, then flat index), so the same scores give the same masks.
+    """
     targets = [(g, t) for g in pool for t in g.targets]
-    floors = {t.key: floor_count(t.tensor().numel(), g.min_density) for g, t in targets}
-    chosen: dict[str, Tensor] = {}
-    rest_scores, rest_index = [], []
+    flat = torch.cat([scores[t.key].detach().reshape(-1).double().cpu() for _, t in targets])
+    bounds, start = [], 0
     for _, t in targets:
-        s = scores[t.key].detach().reshape(-1).double().cpu()
-        order = torch.sort(s, descending=True, stable=True).indices
-        keep = torch.zeros(s.numel(), dtype=torch.bool)
-        keep[order[: floors[t.key]]] = True
-        chosen[t.key] = keep
-        remaining = order[floors[t.key]:]
-        rest_scores.append(s[remaining])
-        rest_index.append(remaining)
-    _raise_to_layer_floors(pool, targets, chosen, floors, rest_scores, rest_index)
-    extra = total - sum(int(c.sum()) for c in chosen.values())
+        bounds.append((start, start + t.tensor().numel()))
+        start += t.tensor().numel()
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    floors = {}
+    for (g, t), (a, b) in zip(targets, bounds):
+        floors[t.key] = floor_count(b - a, g.min_density)
+        chosen[a:b] = top_by_position(flat[a:b], floors[t.key])
+    for g in pool:  # a layer below its min_kept takes its best entries not yet chosen
+        spans = [bounds[i] for i, (owner, _) in enumerate(targets) if owner is g]
+        deficit = layer_floor(g) - sum(int(chosen[a:b].sum()) for a, b in spans)
+        if deficit > 0:
+            index = torch.cat([torch.arange(a, b) for a, b in spans])
+            free = index[~chosen[index]]
+            chosen[free[top_by_position(flat[free], deficit)]] = True
+    extra = total - int(chosen.sum())
     if extra > 0:
-        flat = torch.cat(rest_scores)
-        # a stable sort over the pool's concatenation breaks ties by (target order, flat index)
-        owner = torch.cat([torch.full((len(ix),), i) for i, ix in enumerate(rest_index)])
-        position = torch.cat(rest_index)
-        tie_order = torch.argsort(owner * (max(len(ix) for ix in rest_index) + 1) + position, stable=True)
-        flat, owner, position = flat[tie_order], owner[tie_order], position[tie_order]
-        top = torch.sort(flat, descending=True, stable=True).indices[:extra]
-        for i, (_, t) in enumerate(targets):
-            picked = position[top[owner[top] == i]]
-            chosen[t.key][picked] = True
+        free = (~chosen).nonzero().flatten()
+        chosen[free[top_by_position(flat[free], extra)]] = True
     over = extra < 0
     for g in pool:
         at_floor, kept = [], 0
-        for t in g.targets:
-            mask = chosen[t.key].reshape(t.tensor().shape)
+        for (owner, t), (a, b) in zip(targets, bounds):
+            if owner is not g:
+                continue
+            mask = chosen[a:b].reshape(t.tensor().shape)
             masks[t.key] = mask
             n = int(mask.sum())
             kept += n
@@ -252,33 +270,6 @@ def _allocate_pool(scores: dict[str, Tensor], pool: list[Group], total: int,
             g.layer, total if len(pool) == 1 else g.budget, kept, g.stored, g.dense_params,
             at_floor=at_floor, floors_exceed_budget=over,
         )
-
-
-def _raise_to_layer_floors(pool: list[Group], targets: list[tuple[Group, Target]], chosen: dict[str, Tensor],
-                           floors: dict[str, int], rest_scores: list[Tensor], rest_index: list[Tensor]) -> None:
-    """Give each layer below its ``min_kept`` its best-scored remaining entries (in place).
-
-    ``rest_scores[i]`` / ``rest_index[i]`` are target ``i``'s not yet chosen entries in
-    descending score order; the entries taken here are removed from them.
-    """
-    for g in pool:
-        members = [i for i, (owner, _) in enumerate(targets) if owner is g]
-        deficit = layer_floor(g) - sum(floors[targets[i][1].key] for i in members)
-        if deficit <= 0:
-            continue
-        scores = torch.cat([rest_scores[i] for i in members])
-        owner = torch.cat([torch.full((len(rest_index[i]),), i) for i in members])
-        rank = torch.cat([torch.arange(len(rest_index[i])) for i in members])
-        # best first; ties by (target order, position in its descending order)
-        top = torch.sort(scores, descending=True, stable=True).indices[:deficit]
-        for i in members:
-            taken = rank[top[owner[top] == i]]
-            if len(taken) == 0:
-                continue
-            chosen[targets[i][1].key][rest_index[i][taken]] = True
-            keep = torch.ones(len(rest_index[i]), dtype=torch.bool)
-            keep[taken] = False
-            rest_scores[i], rest_index[i] = rest_scores[i][keep], rest_index[i][keep]
 
 
 def _erk_counts(pool: list[Group]) -> list[int]:

@@ -19,7 +19,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
+
+from tedepr_fx.names import LOSS_NAMES, SCORER_NAMES
 
 if TYPE_CHECKING:  # torch is imported inside the run functions, never at module level
     import torch
@@ -86,25 +88,41 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a zero-argument callable returning the model, e.g. tedepr_fx.models:resnet20")
     parser.add_argument("--rules", required=True, metavar="FILE", help="rule file (YAML)")
     parser.add_argument("--input-shape", metavar="N,C,H,W",
-                        help="shape of one example input (float), e.g. 1,3,32,32")
+                        help="shape of one example input, e.g. 1,3,32,32 (default: what the model says "
+                             "for itself: the zoo's example_input(), Hugging Face dummy_inputs, ...)")
+    parser.add_argument("--input-dtype", choices=["float", "long"], default="float",
+                        help="float: random normal inputs; long: token ids (0 or 1) for language models")
     parser.add_argument("--strict", action="store_true", help="a rule that matches no layer is an error")
 
 
-def _load_model(spec: str) -> nn.Module:
+def _factory(spec: str, what: str) -> Callable[[], object]:
+    """The zero-argument callable ``PACKAGE.MODULE:NAME``, found in the current directory too."""
     import importlib
 
-    module_name, sep, factory = spec.partition(":")
-    if not sep or not module_name or not factory:
-        raise ValueError(f"model must be PACKAGE.MODULE:FACTORY; got {spec!r}")
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"{what} must be PACKAGE.MODULE:NAME; got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # console scripts do not search it
+        sys.path.insert(0, os.getcwd())
     try:
-        target = getattr(importlib.import_module(module_name), factory)
+        target = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load {spec!r}: {error}") from error
-    model: nn.Module = target()  # not checked at run time: whatever the factory returns
+        raise ValueError(f"cannot load {what} {spec!r}: {error}") from error
+    if not callable(target):
+        raise ValueError(f"{what} {spec!r} is not callable")
+    return cast("Callable[[], object]", target)
+
+
+def _load_model(spec: str) -> nn.Module:
+    from torch import nn
+
+    model = _factory(spec, "model")()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {spec!r} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
-def _example(shape: str | None) -> tuple[torch.Tensor] | None:
+def _example(shape: str | None, dtype: str = "float") -> tuple[torch.Tensor] | None:
     if shape is None:
         return None
     import torch
@@ -113,7 +131,16 @@ def _example(shape: str | None) -> tuple[torch.Tensor] | None:
         dims = tuple(int(d) for d in shape.split(","))
     except ValueError:
         raise ValueError(f"--input-shape must be comma-separated ints; got {shape!r}") from None
+    if dtype == "long":
+        return (torch.randint(0, 2, dims, generator=torch.Generator().manual_seed(0)),)
     return (torch.randn(*dims),)
+
+
+def _rules(args: argparse.Namespace) -> Any:
+    from tedepr_fx.rules import load_rules
+
+    rules = load_rules(Path(args.rules))
+    return rules.with_scorer(args.scorer) if getattr(args, "scorer", None) else rules
 
 
 def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -134,7 +161,8 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 def _plan(args: argparse.Namespace) -> int:
     from tedepr_fx.api import plan
 
-    result = plan(_load_model(args.model), Path(args.rules), _example(args.input_shape), strict=args.strict)
+    result = plan(_load_model(args.model), _rules(args), _example(args.input_shape, args.input_dtype),
+                  strict=args.strict)
     print(result.to_json() if args.json else result.to_markdown() if args.markdown else result)
     return EXIT_OK
 
@@ -151,13 +179,20 @@ def _transform_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="where to save the model (torch.save)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", choices=["scratch", "decompose"], help="override every rule's init")
+    parser.add_argument("--data", metavar="PACKAGE.MODULE:FUNCTION",
+                        help="a zero-argument callable returning the scoring batches: (inputs, targets) "
+                             "pairs or dicts with labels (found in the current directory too)")
+    parser.add_argument("--scorer", choices=list(SCORER_NAMES), help="score every rule with this scorer")
+    parser.add_argument("--loss", choices=list(LOSS_NAMES),
+                        help="the loss the scorers differentiate (default: the rules' scoring.loss)")
 
 
 def _transform(args: argparse.Namespace) -> int:
     from tedepr_fx.api import report, save, transform
 
-    model = transform(_load_model(args.model), Path(args.rules), example_inputs=_example(args.input_shape),
-                      seed=args.seed, strict=args.strict, init=args.init)
+    data = _factory(args.data, "data")() if args.data else None
+    model = transform(_load_model(args.model), _rules(args), example_inputs=_example(args.input_shape, args.input_dtype),
+                      data=data, loss_fn=args.loss, seed=args.seed, strict=args.strict, init=args.init)
     save(model, args.output)
     print(report(model))
     print(f"saved {args.output}")

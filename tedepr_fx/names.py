@@ -42,3 +42,7 @@ FORMATS: dict[str, FormatEntry] = {
 }
 
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
+
+
+#: The loss presets of :mod:`tedepr_fx.losses` (``scoring.loss`` in the rules, ``--loss`` on the CLI).
+LOSS_NAMES: tuple[str, ...] = ("classification", "causal_lm", "masked_lm")

@@ -428,3 +428,18 @@ class RuleSet(_Model):
                              for e in error.errors()]) from None
         copy._source = self._source
         return copy
+
+    def with_scorer(self, scorer: str) -> RuleSet:
+        """A copy in which every rule is scored by ``scorer`` (``defaults.scorer`` and each
+        rule's own ``scorer``). Raises :class:`RuleError` for an unknown scorer."""
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        data["defaults"]["scorer"] = scorer
+        for rule in data["rules"]:
+            rule.pop("scorer", None)
+        try:
+            copy = RuleSet.model_validate(data)
+        except ValidationError as error:
+            raise RuleError([LocatedError(Location("<with_scorer>"), ".".join(map(str, e["loc"])), e["msg"])
+                             for e in error.errors()]) from None
+        copy._source = self._source
+        return copy

@@ -9,7 +9,7 @@ neither torch nor anything that does.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -69,6 +69,10 @@ class Scoring(StrictModel):
     grasp: GraspOptions = Field(GraspOptions(), description="Options of the grasp scorer.")
     synflow: SynflowOptions = Field(SynflowOptions(), description="Options of the synflow scorer.")
     force: ForceOptions = Field(ForceOptions(), description="Options of the force scorer.")
+    loss: Literal["classification", "causal_lm", "masked_lm"] | None = Field(
+        None, description="The loss scorers differentiate: classification (cross-entropy, the default), "
+        "causal_lm (next-token) or masked_lm; transform's loss_fn overrides it. Batches that are dicts "
+        "with labels use the model's own .loss when neither is given.")
     without_data: str = Field(
         "error", json_schema_extra={"enum": ["error", "synflow", "magnitude", "random"]},
         description="What scores a rule whose scorer needs data when transform is given none: a "

@@ -284,7 +284,15 @@ class _Run:
         """``loss_fn(output_fn(model(inputs)) / scale, targets)`` with substituted tensors."""
         inputs, labels = batch
         out = self.output_fn(self.forward(inputs, masks, params))
-        loss = self.loss_fn(out / scale if scale != 1.0 else out, labels)
+        try:
+            loss = self.loss_fn(out / scale if scale != 1.0 else out, labels)
+        except (RuntimeError, ValueError, IndexError) as error:
+            if not (isinstance(out, Tensor) and out.dim() == 3):
+                raise
+            raise DataError(
+                f"{self.where}the loss failed on outputs of shape {tuple(out.shape)} (a sequence model?): "
+                f"{error}; say which loss in the rules (scoring.loss: causal_lm, masked_lm or "
+                "classification) or pass loss_fn=") from error
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise DataError(f"{self.where}loss_fn must return a scalar tensor; got {loss!r}")
         return loss.reshape(())
