@@ -1,7 +1,10 @@
 """The registry of layer kinds: how to read, rebuild and count each kind of layer.
 
 Supporting a new kind of layer is one :class:`LayerKind` added with
-:func:`register`; the passes only ever talk to this registry.
+:func:`register`; the passes only ever talk to this registry. Registered: ``linear``,
+``hf_conv1d`` (Hugging Face ``Conv1D``), ``conv2d``, ``lstm`` and ``embedding``
+(``nn.Embedding``: a lookup, 0 FLOPs; pruned as :class:`~tedepr_fx.layers.embedding.MaskedEmbedding`,
+factorized as a TT- or TR-embedding).
 
 Each kind knows
 
@@ -213,5 +216,32 @@ LSTM = register(
         dense_shape=lambda m: (sum(w.numel() for w in _lstm_weights(m)),),
         dense_flops=_lstm_flops,
         masked=_masked_lstm,
+    )
+)
+
+
+# --- nn.Embedding --------------------------------------------------------------------------------
+
+
+def _masked_embedding(module: nn.Module) -> nn.Module:
+    from tedepr_fx.layers.embedding import MaskedEmbedding
+
+    return MaskedEmbedding.from_embedding(module)
+
+
+def _claims_embedding(m: nn.Module) -> bool:
+    """``nn.Embedding`` and its subclasses that keep its forward: a subclass with its own
+    (Hugging Face's learned positions with an offset, scaled word embeddings) computes more
+    than a lookup, which a replacement would lose, so it is not a layer the rules can see."""
+    return isinstance(m, nn.Embedding) and type(m).forward is nn.Embedding.forward
+
+
+EMBEDDING = register(
+    LayerKind(
+        name="embedding",
+        claims=_claims_embedding,
+        dense_shape=_weight_shape,  # (num_embeddings, embedding_dim)
+        dense_flops=lambda m, shape: 0,  # a lookup is a gather: no multiply-add
+        masked=_masked_embedding,
     )
 )

@@ -154,7 +154,9 @@ def test_weight_tied_to_an_embedding_is_shared_in_transform_and_plan():
             return self.head(self.embed(ids))
 
     ids = torch.randint(0, 50, (2, 7))
-    assert {s.name: s.shared_with for s in capture(TiedHead(), (ids,)).sites} == {"head": ("embed",)}
+    # the embedding is a layer kind too: both holders see the tie
+    assert ({s.name: s.shared_with for s in capture(TiedHead(), (ids,)).sites}
+            == {"embed": ("head",), "head": ("embed",)})
     rules = {"version": 1, "rules": [{"name": "head", "match": {"name": "head"}, "action": "prune"}],
              "defaults": {"scorer": "magnitude", "budget": {"sparsity": 0.5}}}
     # a tied weight is never split: the layer is kept dense, with a warning naming the group
@@ -194,7 +196,8 @@ def test_hugging_face_bert_traces_its_traceable_blocks():
     regions = {r.name: r.mode for r in cap.regions}
     assert regions[""] == "swap"
     assert regions["encoder.layer.0.intermediate"] == "graph"
-    assert len(cap.sites) == 2 * 6 + 1  # q, k, v, attention out, intermediate, output; pooler
+    # q, k, v, attention out, intermediate, output; pooler; word, position and token-type embeddings
+    assert len(cap.sites) == 2 * 6 + 1 + 3
     torch.testing.assert_close(cap.module(ids).last_hidden_state, expected)
 
 

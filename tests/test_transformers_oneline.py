@@ -274,7 +274,8 @@ def test_shipped_policy_takes_each_familys_projections_and_lowers_flops_and_para
     plan, _ = _quiet(tedepr_fx.plan, factory(), POLICY, example())
     taken = {rule: _ends(r.name for r in plan.rows if r.rule == rule) for rule in ("attention", "mlp", "edges")}
     assert {k: v for k, v in taken.items() if v} == expected
-    assert not plan.unmatched
+    # every weight layer but the embeddings, which the policy leaves dense (no rule names them)
+    assert not [r.name for r in plan.unmatched if r.old_type != "Embedding"]
     factorized = [r for r in plan.rows if r.action == "factorize"]
     assert factorized
     for row in factorized:  # every factorized layer gets cheaper in FLOPs and in parameters

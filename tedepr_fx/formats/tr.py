@@ -45,6 +45,7 @@ from tedepr_fx.layers.contraction import (
     tt_chain_apply,
     tt_flops,
 )
+from tedepr_fx.layers.embedding import TTMatrixEmbedding
 from tedepr_fx.layers.tt import TTMatrixConv2d, TTMatrixLinear
 from tedepr_fx.ranks import RankSpec
 
@@ -165,7 +166,7 @@ class TensorRing(Format[ModesShape]):
 
     def builders(self) -> dict[str, Builder]:
         return {"linear": TRLinear.from_linear, "hf_conv1d": TRLinear.from_linear,
-                "conv2d": TRConv2d.from_conv}
+                "conv2d": TRConv2d.from_conv, "embedding": TREmbedding.from_embedding}
 
     def max_ranks(self, shape: ModesShape) -> list[int]:
         return tr_exact_ranks([m * n for m, n in zip(*shape)])
@@ -263,6 +264,21 @@ class TRConv2d(TTMatrixConv2d):
     ----------
     Wang, Sun, Eriksson, Wang and Aggarwal, "Wide Compression: Tensor Ring Nets", CVPR 2018.
     Zhao, Zhou, Xie, Zhang and Cichocki, "Tensor Ring Decomposition", arXiv:1606.05535, 2016.
+    """
+
+    fmt = TR
+    _scratch_cores = staticmethod(tr_scratch_cores)
+    _svd = staticmethod(tr_svd)
+    _check_ranks = staticmethod(_check_tr_ranks)
+
+
+class TREmbedding(TTMatrixEmbedding):
+    """An embedding whose table is a TR-matrix: the TT-embedding of Hrinchuk et al. (Findings of
+    EMNLP 2020) with a ring's ranks (Zhao et al. 2016), ``ranks[0] == ranks[d]``.
+
+    The lookup of :class:`~tedepr_fx.layers.embedding.TTMatrixEmbedding` keeps the boundary
+    bond open and closes the ring in its last product. ``init="decompose"`` runs TR-SVD (Zhao et al. 2016,
+    Algorithm 1); at ``rank="full"`` it is exact.
     """
 
     fmt = TR

@@ -157,11 +157,13 @@ class TensorTrain(Format[ModesShape]):
     has_modes = True
 
     def builders(self) -> dict[str, Builder]:
+        from tedepr_fx.layers.embedding import TTEmbedding
         from tedepr_fx.layers.tt import TTConv2d, TTLinear
         from tedepr_fx.layers.tt_lstm import TTLSTM
 
         return {"linear": TTLinear.from_linear, "hf_conv1d": TTLinear.from_linear,
-                "conv2d": TTConv2d.from_conv, "lstm": TTLSTM.from_lstm}
+                "conv2d": TTConv2d.from_conv, "lstm": TTLSTM.from_lstm,
+                "embedding": TTEmbedding.from_embedding}
 
     def max_ranks(self, shape: ModesShape) -> list[int]:
         return tt_max_ranks(*shape)
