@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from tedepr_fx.errors import BudgetError, DataError
 from tedepr_fx.scoring.base import Target, check_density, collect_targets
+from tedepr_fx.scoring.iterative import top_by_position
 
 ALLOCATIONS = ("global", "uniform", "erk")
 
@@ -203,25 +204,6 @@ def _allocate_global(scores: dict[str, Tensor], pool: list[Group], masks: dict[s
     the ranking is all that matters, so they are not rescaled.)
     """
     _allocate_pool(scores, pool, sum(g.budget for g in pool), masks, per_layer)
-
-
-def top_by_position(values: Tensor, k: int) -> Tensor:
-    """Boolean mask of the ``k`` largest of the 1-D ``values``, ties broken by lower position.
-
-    The same as the first ``k`` of a stable descending sort, in linear time (one
-    ``kthvalue``): every value above the k-th largest, then the first of those equal to it.
-    """
-    n = values.numel()
-    chosen = torch.zeros(n, dtype=torch.bool)
-    if k <= 0:
-        return chosen
-    if k >= n:
-        return ~chosen
-    kth = torch.kthvalue(values, n - k + 1).values
-    chosen = values > kth
-    need = k - int(chosen.sum())
-    chosen[(values == kth).nonzero().flatten()[:need]] = True
-    return chosen
 
 
 def _allocate_pool(scores: dict[str, Tensor], pool: list[Group], total: int,

@@ -20,21 +20,38 @@ def exponential_schedule(density: float, iterations: int) -> list[float]:
     return [density ** (k / iterations) for k in range(1, iterations + 1)]
 
 
+def top_by_position(values: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` largest of the 1-D ``values``, ties broken by lower position.
+
+    The same as the first ``k`` of a stable descending sort, in linear time (one
+    ``kthvalue``): every value above the k-th largest, then the first of those equal to it.
+    """
+    n = values.numel()
+    chosen = torch.zeros(n, dtype=torch.bool)
+    if k <= 0:
+        return chosen
+    if k >= n:
+        return ~chosen
+    kth = torch.kthvalue(values, n - k + 1).values
+    chosen = values > kth
+    need = k - int(chosen.sum())
+    chosen[(values == kth).nonzero().flatten()[:need]] = True
+    return chosen
+
+
 def global_topk(scores: dict[str, Tensor], keep: int) -> dict[str, Tensor]:
     """Boolean masks keeping the ``keep`` highest scores over all tensors.
 
-    Ties are broken by position (tensor order, then flat index) with a stable sort,
-    so the same scores always give the same masks.
+    Ties are broken by position (tensor order, then flat index), so the same scores
+    always give the same masks; linear time (:func:`top_by_position`).
     """
     keys = list(scores)
-    flat = torch.cat([scores[k].detach().reshape(-1).double() for k in keys])
-    order = torch.sort(flat, descending=True, stable=True).indices[:keep]
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    chosen[order] = True
+    flat = torch.cat([scores[k].detach().reshape(-1).double().cpu() for k in keys])
+    chosen = top_by_position(flat, keep)
     out, start = {}, 0
     for k in keys:
         n = scores[k].numel()
-        out[k] = chosen[start : start + n].reshape(scores[k].shape)
+        out[k] = chosen[start : start + n].reshape(scores[k].shape).to(scores[k].device)
         start += n
     return out
 

@@ -110,15 +110,26 @@ class TrainabilityScorer(Scorer):
     def _unrolled(self, run: _Run, masks: Tensors, batches: list[Batch], bar: Any) -> Tensors:
         steps, lr, first_order = self.options.steps, self.options.inner_lr, self.options.first_order
         masks = {k: m.detach().requires_grad_(True) for k, m in masks.items()}
-        params = {n: p.detach().clone().requires_grad_(True)
-                  for n, p in run.model.named_parameters() if p.requires_grad}
+        if first_order:  # w_K does not depend on m: one private copy, stepped in place
+            params = {n: p.detach().clone().requires_grad_(True)
+                      for n, p in run.model.named_parameters() if p.requires_grad}
+        else:  # leaves sharing the weights' storage: every step below makes new tensors
+            params = {n: p.detach().requires_grad_(True)
+                      for n, p in run.model.named_parameters() if p.requires_grad}
         names = list(params)
         for k in range(steps):
             loss = run.loss(batches[k], masks, params)
             grads = torch.autograd.grad(
                 loss, [params[n] for n in names], create_graph=not first_order, allow_unused=True,
             )
-            params = {n: params[n] if g is None else params[n] - lr * g for n, g in zip(names, grads)}
+            if first_order:
+                with torch.no_grad():
+                    for n, g in zip(names, grads):
+                        if g is not None:
+                            params[n].add_(g, alpha=-lr)
+            else:
+                params = {n: params[n] if g is None else params[n] - lr * g for n, g in zip(names, grads)}
+            del grads
             bar.update(1)
         final = run.loss(batches[steps], masks, params)
         keys = list(masks)
