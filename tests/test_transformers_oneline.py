@@ -382,3 +382,14 @@ def test_model_examples_are_seeded_and_leave_the_callers_rng_alone():
     first = model_example(model)[0][0]
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(model_example(model)[0][0], first)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generate_runs_on_a_compressed_decoder_with_its_kv_cache(family):
+    model, _ = _quiet(tedepr_fx.transform, FAMILIES[family](), "rules/transformer.yaml")
+    model.eval()
+    assert tedepr_fx.report(model).totals["stored"] < tedepr_fx.report(model).totals["dense"]
+    ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(3))
+    cached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+    recomputed = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert cached.shape == (2, 11) and torch.equal(cached, recomputed)  # the cache changes nothing

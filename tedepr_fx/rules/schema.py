@@ -421,13 +421,7 @@ class RuleSet(_Model):
         budget.pop("density", None)
         budget["sparsity" if sparsity is not None else "density"] = sparsity if sparsity is not None else density
         data["defaults"]["budget"] = budget
-        try:
-            copy = RuleSet.model_validate(data)
-        except ValidationError as error:
-            raise RuleError([LocatedError(Location("<with_budget>"), ".".join(map(str, e["loc"])), e["msg"])
-                             for e in error.errors()]) from None
-        copy._source = self._source
-        return copy
+        return self._revalidated(data, "<with_budget>")
 
     def with_scorer(self, scorer: str) -> RuleSet:
         """A copy in which every rule is scored by ``scorer`` (``defaults.scorer`` and each
@@ -436,10 +430,14 @@ class RuleSet(_Model):
         data["defaults"]["scorer"] = scorer
         for rule in data["rules"]:
             rule.pop("scorer", None)
+        return self._revalidated(data, "<with_scorer>")
+
+    def _revalidated(self, data: dict[str, Any], where: str) -> RuleSet:
+        """``data`` (an edited dump of this rule set) validated again, keeping the source."""
         try:
             copy = RuleSet.model_validate(data)
         except ValidationError as error:
-            raise RuleError([LocatedError(Location("<with_scorer>"), ".".join(map(str, e["loc"])), e["msg"])
+            raise RuleError([LocatedError(Location(where), ".".join(map(str, e["loc"])), e["msg"])
                              for e in error.errors()]) from None
         copy._source = self._source
         return copy
