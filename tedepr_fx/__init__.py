@@ -25,12 +25,15 @@ _LAZY = {
     "Plan": "tedepr_fx.reporting",
     "Report": "tedepr_fx.reporting",
     "LayerRecord": "tedepr_fx.record",
+    "diff": "tedepr_fx.lock",
+    "check_lock": "tedepr_fx.lock",
+    "load_lock": "tedepr_fx.lock",
 }
 
 __all__ = [
     "BudgetError", "CaptureError", "DataError", "LayerError", "RuleError", "__version__",
     "load_rules", "RuleSet", "transform", "plan", "report", "save", "load", "Plan", "Report",
-    "LayerRecord",
+    "LayerRecord", "diff", "check_lock", "load_lock",
 ]
 
 
@@ -42,6 +45,7 @@ def __getattr__(name: str) -> object:
 
 if TYPE_CHECKING:  # pragma: no cover
     from tedepr_fx.api import load, plan, report, save, transform
+    from tedepr_fx.lock import check_lock, diff, load_lock
     from tedepr_fx.record import LayerRecord
     from tedepr_fx.reporting import Plan, Report
     from tedepr_fx.rules import RuleSet, load_rules

@@ -46,6 +46,7 @@ from tedepr_fx.example_inputs import (
     split_example,
 )
 from tedepr_fx.layers.masked import Accounting
+from tedepr_fx.lock import identity
 from tedepr_fx.losses import resolve_loss
 from tedepr_fx.passes.collapse import check_collapse
 from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
@@ -214,7 +215,9 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
             else:
                 kept = (predicted_kept(group), "predicted", f"kept predicted ({group.allocation} allocation)")
         records.append(layer_record(d, captured, dense_flops[d.name], paths.get(d.name, ""), kept=kept))
-    return _table(Plan, records, captured.region_dicts())
+    result = _table(Plan, records, captured.region_dicts())
+    result.identity = identity(model, ruleset, example, [r.name for r in records])  # for the lock file
+    return result
 
 
 def report(model: nn.Module) -> Report:

@@ -6,7 +6,7 @@ runs it and returns the exit status. Adding ``plan`` or ``demo`` is one more ent
 import torch inside the run function, never at module level, so that ``check``
 and ``schema`` stay fast.
 
-Exit status: 0 success, 2 invalid input (bad rule file, missing file, bad
+Exit status: 0 success, 1 a lock file that no longer matches (``plan --check-lock``), 2 invalid input (bad rule file, missing file, bad
 arguments). Errors a user can cause print as messages, never as tracebacks.
 """
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch is imported inside the run functions, never at module
     from torch import nn
 
 EXIT_OK = 0
+EXIT_CHANGED = 1  # plan --check-lock: the lock file no longer matches
 EXIT_INVALID = 2
 
 
@@ -161,9 +162,35 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 def _plan(args: argparse.Namespace) -> int:
     from tedepr_fx.api import plan
 
+    if args.lock_file and not (args.lock or args.check_lock):
+        raise ValueError("--lock-file needs --lock or --check-lock")
     result = plan(_load_model(args.model), _rules(args), _example(args.input_shape, args.input_dtype),
                   strict=args.strict)
+    if args.lock or args.check_lock:
+        return _lock(args, result)
     print(result.to_json() if args.json else result.to_markdown() if args.markdown else result)
+    return EXIT_OK
+
+
+def _lock(args: argparse.Namespace, result: Any) -> int:
+    """``plan --lock``: write the lock file; ``plan --check-lock``: exit 1 with a diff when it moved."""
+    from tedepr_fx.lock import check_lock, load_lock, lock_path, version_notes
+
+    path = Path(args.lock_file) if args.lock_file else lock_path(args.rules)
+    if args.lock:
+        result.write_lock(path)
+        print(f"wrote {path}")
+        return EXIT_OK
+    committed = load_lock(path)  # LockError (a ValueError): missing or garbled, exit 2
+    for note in version_notes(result, committed):
+        print(note, file=sys.stderr)
+    moved = check_lock(result, committed)
+    if moved:
+        print(f"{path} no longer matches what {args.rules} does to the model "
+              f"(rerun with --lock to update it):")
+        print("\n".join(moved))
+        return EXIT_CHANGED
+    print(f"OK {path}")
     return EXIT_OK
 
 
@@ -172,6 +199,27 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="print a markdown table")
     fmt.add_argument("--json", action="store_true", help="print JSON")
+    lock = parser.add_mutually_exclusive_group()
+    lock.add_argument("--lock", action="store_true",
+                      help="write the lock file (default: the rule file with its suffix replaced by "
+                           ".lock, e.g. rules/lenet.yaml -> rules/lenet.lock) instead of printing")
+    lock.add_argument("--check-lock", action="store_true",
+                      help="compare with the committed lock file: exit 0 when it matches, 1 with a "
+                           "short diff when it does not, 2 when it is missing or garbled (a tool "
+                           "or torch version difference is only a note)")
+    parser.add_argument("--lock-file", metavar="PATH", help="the lock file for --lock / --check-lock")
+
+
+def _diff_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("old", metavar="OLD.lock", help="the lock file before")
+    parser.add_argument("new", metavar="NEW.lock", help="the lock file after")
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from tedepr_fx.lock import diff
+
+    print(diff(Path(args.old), Path(args.new)), end="")
+    return EXIT_OK
 
 
 def _transform_arguments(parser: argparse.ArgumentParser) -> None:
@@ -249,6 +297,8 @@ def _bench(args: argparse.Namespace) -> int:
 COMMANDS += [
     Command("plan", "dry run: print what transform would do to a model (no weights touched)",
             _plan_arguments, _guarded(_plan)),
+    Command("diff", "print the layers that changed between two lock files, and how",
+            _diff_arguments, _guarded(_diff)),
     Command("transform", "transform a model and save it", _transform_arguments, _guarded(_transform)),
     Command("inspect", "print the report of a saved transformed model", _inspect_arguments,
             _guarded(_inspect)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tedepr_fx.record import LayerRecord
@@ -33,6 +34,8 @@ class Plan:
     unmatched: list[LayerRecord] = field(default_factory=list)
     regions: list[dict[str, str]] = field(default_factory=list)
     title: str = "tedepr_fx plan"
+    # model class, input shapes, rules hash and layer order, for the lock file (set by ``plan``)
+    identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -64,6 +67,21 @@ class Plan:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def lock_text(self) -> str:
+        """The lock file's text: versions, rules hash, model and inputs, one line per layer, totals.
+
+        Byte-identical for the same model and rules on any machine (see :mod:`tedepr_fx.lock`).
+        """
+        from tedepr_fx.lock import lock_text
+
+        return lock_text(self)
+
+    def write_lock(self, path: str | Path) -> Path:
+        """Write :meth:`lock_text` to ``path``; check it later with :func:`tedepr_fx.lock.check_lock`."""
+        from tedepr_fx.lock import write_lock
+
+        return write_lock(self, path)
 
     def _table(self) -> tuple[list[str], list[list[str]]]:
         headers = [h for _, h in COLUMNS]
