@@ -97,7 +97,9 @@ def test_a_failed_cell_is_recorded_and_run_again(tmp_path, digits, monkeypatch):
     assert "again" in again.failures[0]
 
 
-def _record(model, method, sparsity, seed, accuracy, kept=10, dense=1000):
+def _record(model, method, sparsity, seed, accuracy, kept=None, dense=1000):
+    if kept is None:  # the budget
+        kept = dense if sparsity is None else round((1 - sparsity) * dense)
     return {"status": "ok", "accuracy": accuracy, "chance": 0.1, "at_chance": accuracy < 0.2,
             "kept": {"total": kept, "dense": dense},
             "config": {"model": model, "method": method, "sparsity": sparsity, "seed": seed,
@@ -106,7 +108,7 @@ def _record(model, method, sparsity, seed, accuracy, kept=10, dense=1000):
 
 
 def _synthetic():
-    records = [_record("lenet5", "dense", None, s, 0.9, kept=1000) for s in (0, 1)]
+    records = [_record("lenet5", "dense", None, s, 0.9) for s in (0, 1)]
     for s in (0, 1):
         records += [
             _record("lenet5", "snip", 0.99, s, 0.50 + 0.02 * s),
@@ -137,6 +139,13 @@ def test_the_table_marks_the_best_baseline_and_tedepr_margin():
         "| TEDEPR − best baseline (points) | +4.0 vs synflow | +5.0 vs snip |")
     assert "dense: 90.0 ± 0.0 % (1000 weights); chance: 10 %." in text
     assert "| lowrank | 900 (90.00 %) | 2 (0.20 %) |" in text  # the kept-weights table
+    # TEDEPR keeping more than the budget is flagged on its margin, and the targets say by how much
+    over = [dict(r, kept={"total": 5, "dense": 1000}) if r["config"]["method"] == "tedepr"
+            and r["config"]["sparsity"] == 0.998 else r for r in records]
+    assert "+5.0 vs snip § |" in markdown(over, title="t")
+    found = {t.what: t.detail for t in check_targets(over)}
+    assert "TEDEPR keeps 0.50 % of the dense weights, the budget 0.20 %" in \
+        found["TEDEPR >= best baseline + 10 points at 0.998"]
 
 
 def test_targets_report_holds_misses_and_gaps():
@@ -239,3 +248,11 @@ def test_every_suite_model_fits_its_policy_and_the_baselines(name):
     assert planned.unmatched == [] and baseline.unmatched == []
     assert {r.action for r in baseline.rows} == {"prune"}
     assert planned.totals["dense"] == baseline.totals["dense"]
+
+
+def test_a_policy_changed_since_planning_fails_the_cell(digits):
+    suite = dataclasses.replace(_tiny_suite(), methods=("tedepr",))
+    cell = cell_module.Cell("lenet300100", "tedepr", 0.99, 0)
+    config = cell_module.cell_config(cell, suite, digits)
+    with pytest.raises(RuntimeError, match="changed since the suite was planned"):
+        cell_module.run_cell(cell, suite, digits, config={**config, "policy_sha256": "0" * 64})

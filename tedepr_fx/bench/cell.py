@@ -98,13 +98,21 @@ def _math_attention() -> Iterator[None]:
         yield
 
 
-def run_cell(cell: Cell, suite: Suite, data: Dataset, *, progress: bool = False) -> dict[str, Any]:
+def run_cell(cell: Cell, suite: Suite, data: Dataset, *, progress: bool = False,
+             config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one cell on ``data`` (as the model reads it); return its record (``status: "ok"``).
 
-    Exceptions of the transform or of training propagate; the suite records them.
+    ``config`` is the cell's configuration as planned (default: computed now); a policy
+    file that changed since is an error, so that a record never carries the hash of a
+    policy other than the one it ran. Exceptions of the transform or of training
+    propagate; the suite records them.
     """
     started = time.perf_counter()
     spec = SUITE_MODELS[cell.model]
+    config = config if config is not None else cell_config(cell, suite, data)
+    if policy_sha256(spec.policy) != config["policy_sha256"]:
+        raise RuntimeError(f"{policy_path(spec.policy)} changed since the suite was planned; "
+                           "run the suite again to plan the cell with the new policy")
     torch.manual_seed(cell.seed)
     dense = spec.build(data.input_shape, data.num_classes)
     dense_counts = plain_weights(dense)
@@ -137,7 +145,7 @@ def run_cell(cell: Cell, suite: Suite, data: Dataset, *, progress: bool = False)
     chance = 1.0 / data.num_classes
     record: dict[str, Any] = {
         "status": "ok",
-        "config": cell_config(cell, suite, data),
+        "config": config,
         "versions": versions(),
         "data_source": data.source,
         "accuracy": accuracy,

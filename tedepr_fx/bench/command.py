@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``tedepr-fx bench``."""
     parser.add_argument("--suite", default="quick", metavar="|".join(SUITES),
                         help="quick: every model, 1 seed, sparsities 0.99 and 0.998, reduced training "
-                             "(about 20 minutes on 2 CPU cores); paper: the full table, 5 sparsities "
-                             "x 3 seeds, 3 epochs (default: quick)")
+                             "(13 minutes measured on a shared 2-core CPU); paper: the full table, "
+                             "5 sparsities x 3 seeds, 3 epochs (default: quick)")
     parser.add_argument("--out", default="bench-results", metavar="DIR",
                         help="records, results.md, results.json and plots/ (default: bench-results); "
                              "finished cells found here are not run again")
@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="auto", metavar="NAME|DIR",
                         help=f"{DATA_CHOICES} (default auto: Fashion-MNIST if installed, else digits, "
                              "which only the quick suite accepts)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="torch intra-op threads (default 1: these small models train faster on one "
+                             "thread than on two that share the cores with other work)")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
 
 
@@ -50,9 +52,10 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, flag)
         if value is not None:
             words += [f"--{flag}", *(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
-    for flag in ("epochs", "threads"):
-        if getattr(args, flag) is not None:
-            words += [f"--{flag}", str(getattr(args, flag))]
+    if args.epochs is not None:
+        words += ["--epochs", str(args.epochs)]
+    if args.threads != 1:
+        words += ["--threads", str(args.threads)]
     if args.data != "auto":
         words += ["--data", args.data]
     if args.no_plots:

@@ -2,7 +2,9 @@
 
 Sparsities are spaced evenly on the x axis (0.99, 0.995 and 0.998 would crowd
 together on a linear one); error bars are the sample standard deviation over seeds;
-the dense model's accuracy and twice chance are horizontal lines.
+the dense model's accuracy and twice chance are horizontal lines; a baseline that keeps
+more weights than both the budget and TEDEPR (see :func:`tedepr_fx.bench.summary.is_rival`)
+is dashed and labelled so.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tedepr_fx.bench.summary import chance_of, sparsities, summarize
+from tedepr_fx.bench.settings import BASELINES
+from tedepr_fx.bench.summary import chance_of, is_rival, sparsities, summarize
 from tedepr_fx.bench.zoo import SUITE_MODELS
+
+#: one colour per method, red for TEDEPR only (matplotlib's tab10 names)
+COLORS = {"random": "tab:gray", "magnitude": "tab:brown", "snip": "tab:blue", "grasp": "tab:orange",
+          "synflow": "tab:purple", "force": "tab:olive", "trainability": "tab:pink",
+          "lowrank": "tab:cyan", "tedepr": "tab:red"}
 
 
 def have_matplotlib() -> bool:
@@ -53,10 +61,13 @@ def write_plots(records: Iterable[dict[str, Any]], folder: Path) -> list[Path]:
                 ax.axhline(100 * by[None].mean, color="black", linestyle="--", linewidth=1, label="dense")
                 continue
             points = [(x, by[s]) for x, s in zip(xs, columns) if s in by]
-            style = {"linewidth": 2.5, "color": "tab:red"} if method == "tedepr" else {"linewidth": 1.2}
+            # a baseline that keeps more weights than the budget and TEDEPR somewhere: dashed
+            over = method in BASELINES and any(not is_rival(summary, model, method, s) for s in columns
+                                               if s in by)
             ax.errorbar([x for x, _ in points], [100 * st.mean for _, st in points],
                         yerr=[100 * st.spread for _, st in points], marker="o", capsize=3,
-                        label=method, **style)
+                        label=f"{method} (keeps more)" if over else method, color=COLORS.get(method),
+                        linewidth=2.8 if method == "tedepr" else 1.2, linestyle="--" if over else "-")
         if model in chance:
             ax.axhline(200 * chance[model], color="grey", linestyle=":", linewidth=1, label="2 x chance")
         spec = SUITE_MODELS.get(model)

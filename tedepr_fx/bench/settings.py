@@ -77,8 +77,8 @@ QUICK_DIGITS_EPOCHS = 5
 SUITES: dict[str, Suite] = {
     "paper": Suite("paper"),
     # sized on a shared 2-core CPU: see docs/benchmarks/suite.md for the measured wall time
-    "quick": Suite("quick", sparsities=(0.99, 0.998), seeds=(0,), epochs=1, batch_size=64,
-                   train_subset=3000, test_subset=1000, scoring_batches=4, scoring_batch_size=64,
+    "quick": Suite("quick", sparsities=(0.99, 0.998), seeds=(0,), epochs=1, batch_size=32,
+                   train_subset=6000, test_subset=1000, scoring_batches=4, scoring_batch_size=32,
                    real_data=False),
 }
 

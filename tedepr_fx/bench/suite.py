@@ -150,7 +150,8 @@ def _run_cells(todo: list[Cell], suite: Suite, configs: dict[Cell, dict[str, Any
         for i, cell in enumerate(todo, start=1):
             path = record_path(out, configs[cell])
             try:
-                record = run_cell(cell, suite, data_for(cell.model), progress=progress)
+                record = run_cell(cell, suite, data_for(cell.model), progress=progress,
+                                  config=configs[cell])
             except Exception as error:  # noqa: BLE001 - a failed cell is recorded and reported
                 message = f"{cell.label}: {type(error).__name__}: {error}"
                 failures.append(message)

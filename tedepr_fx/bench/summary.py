@@ -88,6 +88,11 @@ def sparsities(summary: Summary, model: str) -> list[float]:
 KEPT_TOLERANCE = 0.01
 
 
+def over_budget(stat: Stat, sparsity: float) -> bool:
+    """Whether ``stat`` kept more than the budget, ``1 - sparsity`` of the dense weights."""
+    return stat.density is not None and stat.density > (1.0 - sparsity) * (1 + KEPT_TOLERANCE)
+
+
 def is_rival(summary: Summary, model: str, method: str, sparsity: float) -> bool:
     """Whether ``method`` competes with TEDEPR at ``sparsity``: a baseline that keeps no more
     weights than the budget (``1 - sparsity`` of the dense weights) or than TEDEPR does.

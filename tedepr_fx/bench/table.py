@@ -6,7 +6,8 @@ In each sparsity column the best baseline (every method but ``dense`` and
 over it in points. A dagger marks a cell whose seeds ended below twice chance
 (``†`` all of them, ``†k/n`` k of n); a double dagger a baseline that keeps more
 weights than both the budget and TEDEPR, left out of the comparison
-(:func:`tedepr_fx.bench.summary.is_rival`).
+(:func:`tedepr_fx.bench.summary.is_rival`); a section sign a margin for which TEDEPR
+kept more weights than the budget.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from tedepr_fx.bench.summary import (
     best_baseline,
     chance_of,
     is_rival,
+    over_budget,
     sparsities,
     summarize,
 )
 from tedepr_fx.bench.zoo import SUITE_MODELS
 
 
-def _pct(stat: Stat) -> str:
+def _pct(stat: Stat, unit: str = "") -> str:
     text = f"{100 * stat.mean:.1f}"
     if stat.n > 1:
         text += f" ± {100 * stat.spread:.1f}"
+    text += unit
     if stat.at_chance:
         text += " †" if stat.at_chance == stat.n else f" †{stat.at_chance}/{stat.n}"
     return text
@@ -50,7 +53,7 @@ def model_tables(summary: Summary, model: str, chance: float | None) -> list[str
     dense = methods.get("dense", {}).get(None)
     facts = []
     if dense is not None:
-        facts.append(f"dense: {_pct(dense)} % ({int(dense.kept)} weights)")
+        facts.append(f"dense: {_pct(dense, ' %')} ({int(dense.kept)} weights)")
     if chance is not None:
         facts.append(f"chance: {100 * chance:.0f} %")
     if facts:
@@ -77,8 +80,11 @@ def model_tables(summary: Summary, model: str, chance: float | None) -> list[str
     margins = []
     for s in columns:
         top, ours = best[s], methods.get("tedepr", {}).get(s)
-        margins.append("-" if top is None or ours is None
-                       else f"{100 * (ours.mean - top[1].mean):+.1f} vs {top[0]}")
+        if top is None or ours is None:
+            margins.append("-")
+            continue
+        over = " §" if over_budget(ours, s) else ""
+        margins.append(f"{100 * (ours.mean - top[1].mean):+.1f} vs {top[0]}{over}")
     lines += [_row(["TEDEPR − best baseline (points)", *margins]), ""]
     lines += ["Weights kept (mean over seeds; share of the dense weights):", "",
               _row(["method", *(f"{s:g}" for s in columns)]), _row(["---"] * (len(columns) + 1))]
@@ -107,7 +113,8 @@ def markdown(records: Iterable[dict[str, Any]], *, title: str, preamble: Sequenc
               "baseline of the column (every method but dense and tedepr, lowrank included, "
               "among those that keep no more weights than the budget or TEDEPR). "
               "†: below twice chance (†k/n: k of n seeds). ‡: keeps more weights than both the "
-              "budget and TEDEPR (see the kept-weights table), so not counted as a rival.", ""]
+              "budget and TEDEPR (see the kept-weights table), so not counted as a rival. §: TEDEPR "
+              "keeps more weights than the budget (its policy's floors or kept layers).", ""]
     for model in summary:
         lines += model_tables(summary, model, chance.get(model))
     if failures:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tedepr_fx.bench.summary import best_baseline, chance_of, summarize
+from tedepr_fx.bench.summary import best_baseline, chance_of, over_budget, summarize
 
 MARGIN_AT = {0.99: 0.0, 0.998: 0.10, 0.999: 0.10}
 LENET_TARGETS = {0.99: 0.84, 0.998: 0.83, 0.999: 0.80}
@@ -57,9 +57,11 @@ def check_targets(records: Iterable[dict[str, Any]]) -> list[Target]:
                 continue
             gap = stat.mean - top[1].mean
             ok = gap >= margin - 1e-12
+            kept = (f"; TEDEPR keeps {100 * stat.density:.2f} % of the dense weights, the budget "
+                    f"{100 * (1 - sparsity):.2f} %" if over_budget(stat, sparsity) and stat.density else "")
             results.append(Target(model, what, HOLDS if ok else MISSED,
                                   f"TEDEPR {100 * stat.mean:.1f} %, {top[0]} {100 * top[1].mean:.1f} %, "
-                                  f"{100 * gap:+.1f} points"))
+                                  f"{100 * gap:+.1f} points{kept}"))
         low = 2 * chance.get(model, 0.1)
         cells = [(s, a) for r in records if r["config"]["model"] == model
                  and r["config"]["method"] == "tedepr" and (s := r["config"]["sparsity"]) <= 0.999
