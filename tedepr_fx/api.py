@@ -133,6 +133,7 @@ def transform(
     if example is None:
         example = model_example(model)
     model = copy.deepcopy(model)
+    before = _State.of(model)  # capture and verification run forwards: they must not leave a trace
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -154,6 +155,7 @@ def transform(
             output_fn=output_fn, example_inputs=as_scorer_inputs(example), seed=seed, verbose=verbose,
         )
         recompile(result)
+    before.restore(result)
 
     records = [
         layer_record(d, captured, dense_flops[d.name], paths.get(d.name, ""),
@@ -286,6 +288,33 @@ def output_tensor(outputs: Any) -> torch.Tensor:
         if first is None:
             raise
         return first
+
+
+@dataclasses.dataclass
+class _State:
+    """The buffers (BatchNorm statistics, counters) and train/eval modes of a model, by name."""
+
+    buffers: dict[str, torch.Tensor]
+    modes: dict[str, bool]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _State:
+        return cls({n: b.detach().clone() for n, b in model.named_buffers()},
+                   {n: m.training for n, m in model.named_modules()})
+
+    def restore(self, model: nn.Module) -> None:
+        """Put back every buffer the rewrite kept (same name and shape; masks are new and stay),
+        and every module's mode; a module the rewrite added takes its nearest named ancestor's."""
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                old = self.buffers.get(name)
+                if old is not None and old.shape == buffer.shape and not name.endswith("_mask"):
+                    buffer.copy_(old)
+        for name, module in model.named_modules():
+            owner = name
+            while owner not in self.modes and owner:
+                owner = owner.rpartition(".")[0]
+            module.training = self.modes.get(owner, module.training)
 
 
 def _capture(model: nn.Module, example: Example | None, verify: bool = True) -> Captured:

@@ -22,7 +22,7 @@ def test_path_finds_a_shipped_policy_by_name():
 
 
 def test_unknown_policy_names_the_shipped_ones():
-    with pytest.raises(FileNotFoundError, match="no shipped policy 'lenett'; shipped: lenet, lstm"):
+    with pytest.raises(FileNotFoundError, match="no shipped policy 'lenett'; shipped: lenet, lenet5, lstm"):
         policies.path("lenett")
 
 

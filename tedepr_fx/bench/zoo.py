@@ -7,7 +7,7 @@ full-size networks:
 name       model                                               policy       input
 ========== =================================================== ============ ===========
 lenet300100 LeNet-300-100 (``in -> 300 -> 100 -> 10``)          lenet        native, flat
-lenet5     LeNet-5 (6 and 16 5x5 conv channels, 120-84-10)      lenet        classic
+lenet5     LeNet-5 (6 and 16 5x5 conv channels, 120-84-10)      lenet5       classic
 vgg        VGG-11 with batch norm at 3/8 width (24..192 ch.)    vgg          32x32
 resnet     ResNet-20 at half width (8, 16, 32 channels)         resnet       32x32
 vit        ViT: 4x4 patches, dim 64, depth 2, 4 heads, MLP 128  transformer  32x32
@@ -93,7 +93,7 @@ def _lstm(c: int, s: int, k: int) -> nn.Module:
 SUITE_MODELS: dict[str, SuiteModel] = {m.name: m for m in (
     SuiteModel("lenet300100", "LeNet-300-100", "lenet", NATIVE,
                lambda c, s, k: LeNet300100(in_features=c * s * s, num_classes=k)),
-    SuiteModel("lenet5", "LeNet-5", "lenet", CLASSIC,
+    SuiteModel("lenet5", "LeNet-5", "lenet5", CLASSIC,
                lambda c, s, k: LeNet5(in_channels=c, num_classes=k, image_size=s)),
     SuiteModel("vgg", "VGG-11 (3/8 width)", "vgg", SIDE32,
                lambda c, s, k: VGG11(in_channels=c, num_classes=k, width=VGG_WIDTH)),
