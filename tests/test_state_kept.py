@@ -50,3 +50,17 @@ def test_every_module_comes_back_in_the_mode_of_what_it_replaces(mode):
     if mode == "eval":  # dropout off: two calls agree
         x = batches()[0][0]
         assert torch.equal(out(x), out(x))
+
+
+def test_a_non_finite_value_in_a_pruned_entry_never_reaches_the_output():
+    out = tedepr_fx.transform(cnn().eval(), RULES, data=batches())
+    x = batches()[0][0]
+    reference = out(x)
+    with torch.no_grad():
+        for module in out.modules():
+            for name in getattr(module, "prunable", ()):
+                mask = module.get_mask(name)
+                if not bool(mask.all()):
+                    getattr(module, name)[~mask] = float("inf")
+                    getattr(module, name)[~mask.logical_not().cumsum(-1).bool() & ~mask] = float("nan")
+    assert torch.isfinite(out(x)).all() and torch.equal(out(x), reference)

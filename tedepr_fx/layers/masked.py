@@ -88,9 +88,16 @@ class MaskedMixin:
         current.copy_(mask.to(dtype=torch.bool, device=current.device))
 
     def masked(self, name: str) -> torch.Tensor:
-        """The effective value of a prunable tensor: the tensor times its mask."""
+        """The effective value of a prunable tensor: its kept entries, zeros elsewhere.
+
+        A boolean mask selects (``torch.where``), so an ``inf`` or ``NaN`` in a pruned entry
+        never reaches the output (``inf * 0`` would); a float mask, which the scorers put in
+        the buffer's place to differentiate through it, multiplies.
+        """
         param: torch.Tensor = getattr(self, name)
         mask: torch.Tensor = getattr(self, f"{name}_mask")
+        if mask.dtype == torch.bool:
+            return torch.where(mask, param, param.new_zeros(()))
         return param * mask
 
     def stored_params(self) -> int:
