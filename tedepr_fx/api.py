@@ -416,12 +416,21 @@ def _take_batches(data: Iterable[Any], scoring: Scoring) -> list[tuple[Any, Any]
         inputs, targets = batch
         if scoring.batch_size is not None:
             inputs, targets = _head(inputs, scoring.batch_size), _head(targets, scoring.batch_size)
+        if _samples(inputs) == 0:
+            raise DataError(f"data batch {i} holds no samples (its inputs have batch size 0)")
         batches.append((inputs, targets))
     if len({t is _OWN_LOSS for _, t in batches}) > 1:
         raise DataError("data mixes dict batches with 'labels' and (inputs, targets) pairs; use one kind")
     if not batches:
         raise DataError("data yielded no batches")
     return batches
+
+
+def _samples(inputs: Any) -> int | None:
+    """The batch size of a batch's inputs (the first tensor's first dimension), if it has one."""
+    values = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, (tuple, list)) else [inputs]
+    first = next((v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    return None if first is None else int(first.shape[0])
 
 
 def _without_labels(inputs: Any) -> Any:

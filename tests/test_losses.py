@@ -46,6 +46,7 @@ def test_a_sequence_loss_on_a_classifier_output_is_a_data_error():
 
 
 def _gpt2() -> torch.nn.Module:
+    torch.manual_seed(0)  # the same weights on every call
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_embd=32, n_layer=1, n_head=2, vocab_size=V, n_positions=SEQ, bos_token_id=0, eos_token_id=0))
 
@@ -75,7 +76,10 @@ def test_causal_lm_preset_scores_pairs_on_a_language_model(where):
     # the same scores as SNIP with the hand-written next-token loss as a callable
     by_hand = tedepr_fx.transform(_gpt2(), RULES, data=_pairs(), loss_fn=_reference_causal)
     masks = {k: v for k, v in out.state_dict().items() if k.endswith("_mask")}
-    assert masks and all(torch.equal(v, by_hand.state_dict()[k]) for k, v in masks.items())
+    assert masks and all(0.1 < v.float().mean() < 0.9 for v in masks.values())  # real scores, not ties
+    # the same choice up to float rounding of nearly equal scores (a mean over positions in both)
+    agree = [float((v == by_hand.state_dict()[k]).float().mean()) for k, v in masks.items()]
+    assert min(agree) > 0.99, agree
 
 
 def test_unknown_loss_names_are_refused():

@@ -64,3 +64,17 @@ def test_a_non_finite_value_in_a_pruned_entry_never_reaches_the_output():
                     getattr(module, name)[~mask] = float("inf")
                     getattr(module, name)[~mask.logical_not().cumsum(-1).bool() & ~mask] = float("nan")
     assert torch.isfinite(out(x)).all() and torch.equal(out(x), reference)
+
+
+@pytest.mark.parametrize("scorer", ["trainability", "snip", "grasp", "force"])
+def test_scores_from_a_loss_that_does_not_see_the_weights_are_a_data_error(scorer):
+    rules = {**RULES, "defaults": {"scorer": scorer, "budget": {"sparsity": 0.5}}}
+    constant = lambda outputs, targets: outputs.sum() * 0 + 1.0  # noqa: E731 - no gradient reaches a weight
+    with pytest.raises(tedepr_fx.DataError, match="score of zero|meta-gradient of zero"):
+        tedepr_fx.transform(cnn(), rules, data=batches(), loss_fn=constant)
+
+
+def test_a_batch_with_no_samples_is_a_data_error():
+    empty = [(torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long))]
+    with pytest.raises(tedepr_fx.DataError, match="data batch 0 holds no samples"):
+        tedepr_fx.transform(cnn(), RULES, data=empty, example_inputs=(batches()[0][0],))

@@ -393,3 +393,25 @@ def test_generate_runs_on_a_compressed_decoder_with_its_kv_cache(family):
     cached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
     recomputed = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
     assert cached.shape == (2, 11) and torch.equal(cached, recomputed)  # the cache changes nothing
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama", "t5"])
+def test_every_rewritten_layer_is_the_one_forward_runs(family):
+    # a layer traced through (inlined) instead of kept as a leaf would keep its dense weight in
+    # the graph: then its masks would change nothing, silently (HF Conv1D did, in GPT-2's MLP)
+    model, _ = _quiet(tedepr_fx.transform, FAMILIES[family](), "rules/transformer.yaml")
+    model.eval()
+    args, kwargs = model_example(model)
+    with torch.no_grad():
+        reference = [t.clone() for t in _tensors(model(*args, **kwargs))]
+        masked = [m for m in model.modules() if getattr(m, "prunable", ())]
+        assert masked
+        for module in masked:
+            saved = {n: module.get_mask(n).clone() for n in module.prunable}
+            for name in module.prunable:
+                module.get_mask(name).zero_()
+            after = _tensors(model(*args, **kwargs))
+            changed = any(not torch.equal(a, r) for a, r in zip(after, reference))
+            for name, mask in saved.items():
+                module.get_mask(name).copy_(mask)
+            assert changed, f"{family}: masking {type(module).__name__} changed nothing"

@@ -25,8 +25,11 @@ def is_hf_conv1d(module: nn.Module) -> bool:
     # then) would record a get_attr node for every layer of the graph
     if cls.__name__ != "Conv1D" or not cls.__module__.startswith("transformers"):
         return False
-    weight = getattr(module, "weight", None)
-    return hasattr(module, "nf") and isinstance(weight, torch.Tensor) and weight.dim() == 2
+    # read the parameter from the module's own table: while fx traces, attribute access on a
+    # module returns a Proxy, which is no Tensor, and the layer would be traced through
+    # (inlined) instead of kept as a leaf that the rewrite can swap
+    weight = module._parameters.get("weight")
+    return "nf" in module.__dict__ and isinstance(weight, torch.Tensor) and weight.dim() == 2
 
 
 def check_layout(layout: object) -> WeightLayout:

@@ -210,6 +210,11 @@ class Scorer:
         with _preserved(model), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.seed)
             scores = self._score(run)
+        if self.needs_data and scores and not any(bool(s.ne(0).any()) for s in scores.values()):
+            raise DataError(
+                f"{where}scorer {self.name!r} gave every entry a score of zero: the loss does not depend "
+                "on the weights (a constant loss, or an output with no gradient path to them); masks "
+                "chosen from such scores would be arbitrary. Check loss_fn and output_fn")
         out = {}
         for target in targets:
             s = scores[target.key].detach()

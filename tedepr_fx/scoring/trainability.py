@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tedepr_fx.errors import DataError
 from tedepr_fx.rules.scoring import TrainabilityOptions
 from tedepr_fx.scoring.base import Batch, Scorer, _Run
 from tedepr_fx.scoring.iterative import prune_in_rounds, require_density
@@ -84,6 +85,11 @@ class TrainabilityScorer(Scorer):
             def score_round(rnd: int, alive: Tensors) -> Tensors:
                 masks = {k: m.to(tensors[k].dtype) for k, m in alive.items()}
                 scores = self._meta_gradient(run, masks, (rnd - 1) * (steps + 1), bar)
+                if rnd == 1 and not any(bool(s.ne(0).any()) for s in scores.values()):
+                    raise DataError(
+                        f"{run.where}scorer 'trainability' gave every entry a meta-gradient of zero: the "
+                        "loss does not depend on the weights (a constant loss, or an output with no "
+                        "gradient path to them). Check loss_fn and output_fn")
                 if flow is not None:
                     paths = flow.scores(alive)
                     scores = {k: s * paths[k] for k, s in scores.items()}
