@@ -277,19 +277,6 @@ def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path:
 TableT = TypeVar("TableT", bound=Plan)
 
 
-def output_tensor(outputs: Any) -> torch.Tensor:
-    """The default ``output_fn``: :func:`~tedepr_fx.scoring.default_output_fn`, and for an
-    output it cannot read (a Hugging Face ``BaseModelOutput``, a dict), its first tensor."""
-    try:
-        return default_output_fn(outputs)
-    except DataError:
-        values = outputs.values() if isinstance(outputs, Mapping) else ()
-        first = next((v for v in values if isinstance(v, torch.Tensor)), None)
-        if first is None:
-            raise
-        return first
-
-
 @dataclasses.dataclass
 class _State:
     """The buffers (BatchNorm statistics, counters) and train/eval modes of a model, by name."""
@@ -386,7 +373,7 @@ def _batches(data: Any, scoring: Scoring, loss_fn: Any, output_fn: Any) -> tuple
         if loss_fn is None:
             return [(x, None) for x, _ in batches], _loss_itself, _own_loss(output_fn)
         batches = [(_without_labels(x), x["labels"]) for x, _ in batches]
-    return batches, loss_fn, output_fn or output_tensor
+    return batches, loss_fn, output_fn or default_output_fn
 
 
 def _check_example_not_needed(model: nn.Module, decisions: list[Decision], scoring: Scoring,
@@ -444,7 +431,7 @@ def _own_loss(output_fn: Any) -> Any:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
         if isinstance(loss, torch.Tensor):
             return loss
-        return (output_fn or output_tensor)(outputs)
+        return (output_fn or default_output_fn)(outputs)
     return read
 
 

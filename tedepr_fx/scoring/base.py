@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -97,7 +97,8 @@ def default_output_fn(outputs: Any) -> Tensor:
     """Turn a model's output into the tensor the loss reads.
 
     A tensor is used as is; an object or dict with ``logits`` (Hugging Face
-    ``ModelOutput``) gives its logits; a tuple or list gives its first element.
+    ``ModelOutput``) gives its logits; a tuple or list gives its first element, another
+    mapping (a Hugging Face ``BaseModelOutput``) its first tensor (``last_hidden_state``).
     """
     if isinstance(outputs, Tensor):
         return outputs
@@ -106,6 +107,10 @@ def default_output_fn(outputs: Any) -> Tensor:
         return logits
     if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
         return outputs[0]
+    first = next((v for v in outputs.values() if isinstance(v, Tensor)), None) if isinstance(
+        outputs, Mapping) else None
+    if first is not None:
+        return first
     raise DataError(
         f"cannot read a tensor from model outputs of type {type(outputs).__name__}; "
         "pass output_fn=callable(outputs) -> Tensor"
@@ -210,11 +215,8 @@ class Scorer:
         with _preserved(model), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.seed)
             scores = self._score(run)
-        if self.needs_data and scores and not any(bool(s.ne(0).any()) for s in scores.values()):
-            raise DataError(
-                f"{where}scorer {self.name!r} gave every entry a score of zero: the loss does not depend "
-                "on the weights (a constant loss, or an output with no gradient path to them); masks "
-                "chosen from such scores would be arbitrary. Check loss_fn and output_fn")
+        if self.needs_data:
+            check_not_all_zero(scores, f"{where}scorer {self.name!r} gave every entry a score of zero")
         out = {}
         for target in targets:
             s = scores[target.key].detach()
@@ -234,6 +236,15 @@ class Scorer:
         """A bar that appears only after 1 s, only on a terminal, only when verbose."""
         return tqdm(total=total, desc=f"scoring ({desc})", delay=1.0, leave=False,
                     disable=not (self.verbose and sys.stdout.isatty()))
+
+
+def check_not_all_zero(scores: dict[str, Tensor], what: str) -> None:
+    """A :class:`DataError` saying ``what`` when every score is zero: masks chosen from such
+    scores would be arbitrary (the loss does not see the weights)."""
+    if scores and not any(bool(s.ne(0).any()) for s in scores.values()):
+        raise DataError(f"{what}: the loss does not depend on the weights (a constant loss, or an "
+                        "output with no gradient path to them); masks chosen from such scores would be "
+                        "arbitrary. Check loss_fn and output_fn")
 
 
 def check_density(density: float, who: str) -> float:

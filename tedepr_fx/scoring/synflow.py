@@ -39,13 +39,7 @@ class SynflowScorer(Scorer):
 
     def _score(self, run: _Run) -> dict[str, Tensor]:
         density = require_density(run.density, self.name, run.where)
-        inputs = run.example_inputs
-        if inputs is None and run.batches:
-            inputs = run.batches[0][0]
-        if inputs is None:
-            raise DataError(f"{run.where}scorer 'synflow' needs example_inputs (or one batch) "
-                            "to know the input shape")
-        flow = SynapticFlow(run, inputs)
+        flow = SynapticFlow(run)
         with self._progress(self.options.iterations, self.name) as bar:
             return prune_in_rounds(run.tensors(), density, self.options.iterations,
                                    lambda _, alive: flow.scores(alive), lambda: bar.update(1))
@@ -61,7 +55,13 @@ class SynapticFlow:
     entry on no path from input to output scores exactly zero.
     """
 
-    def __init__(self, run: _Run, inputs: Any) -> None:
+    def __init__(self, run: _Run) -> None:
+        inputs = run.example_inputs
+        if inputs is None and run.batches:
+            inputs = run.batches[0][0]
+        if inputs is None:
+            raise DataError(f"{run.where}synaptic flow needs example_inputs (or one batch) "
+                            "to know the input shape")
         self.run, self.ones_in = run, _all_ones(inputs)
         self.linear = {n: p.detach().abs() for n, p in run.model.named_parameters()}
         self.linear.update({n: b.abs() for n, b in run.model.named_buffers()

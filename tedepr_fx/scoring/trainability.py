@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tedepr_fx.errors import DataError
 from tedepr_fx.rules.scoring import TrainabilityOptions
-from tedepr_fx.scoring.base import Batch, Scorer, _Run
+from tedepr_fx.scoring.base import Batch, Scorer, _Run, check_not_all_zero
 from tedepr_fx.scoring.iterative import prune_in_rounds, require_density
 from tedepr_fx.scoring.synflow import SynapticFlow
 
@@ -77,19 +76,16 @@ class TrainabilityScorer(Scorer):
         run.model.train()
         steps, iterations = self.options.steps, self.options.iterations
         passes = steps + 1 + (steps if self._checkpointed else 0)
-        flow = SynapticFlow(run, run.example_inputs if run.example_inputs is not None
-                            else run.batches[0][0]) if self.options.flow else None
+        flow = SynapticFlow(run) if self.options.flow else None
         tensors = run.tensors()
         with self._progress(passes * iterations, self.name) as bar:
 
             def score_round(rnd: int, alive: Tensors) -> Tensors:
                 masks = {k: m.to(tensors[k].dtype) for k, m in alive.items()}
                 scores = self._meta_gradient(run, masks, (rnd - 1) * (steps + 1), bar)
-                if rnd == 1 and not any(bool(s.ne(0).any()) for s in scores.values()):
-                    raise DataError(
-                        f"{run.where}scorer 'trainability' gave every entry a meta-gradient of zero: the "
-                        "loss does not depend on the weights (a constant loss, or an output with no "
-                        "gradient path to them). Check loss_fn and output_fn")
+                if rnd == 1:  # the keep-scores of the rounds are never all zero: check the first
+                    check_not_all_zero(scores, f"{run.where}scorer 'trainability' gave every entry a "
+                                               "meta-gradient of zero")
                 if flow is not None:
                     paths = flow.scores(alive)
                     scores = {k: s * paths[k] for k, s in scores.items()}
