@@ -9,7 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tedepr_fx.errors import BudgetError, CaptureError, DataError, LayerError, RuleError
+from tedepr_fx.errors import (
+    BudgetError,
+    CaptureError,
+    DataError,
+    LayerError,
+    RuleError,
+    StorageError,
+)
 
 __version__ = "0.1.0"
 
@@ -22,18 +29,26 @@ _LAZY = {
     "report": "tedepr_fx.api",
     "save": "tedepr_fx.api",
     "load": "tedepr_fx.api",
+    "save_pretrained": "tedepr_fx.storage",
+    "from_pretrained": "tedepr_fx.storage",
     "Plan": "tedepr_fx.reporting",
     "Report": "tedepr_fx.reporting",
     "LayerRecord": "tedepr_fx.record",
     "diff": "tedepr_fx.lock",
     "check_lock": "tedepr_fx.lock",
     "load_lock": "tedepr_fx.lock",
+    "explain": "tedepr_fx.explanation",
+    "bake": "tedepr_fx.deploy",
+    "densify": "tedepr_fx.deploy",
+    "compact": "tedepr_fx.compaction",
+    "CompactionRecord": "tedepr_fx.compaction",
 }
 
 __all__ = [
-    "BudgetError", "CaptureError", "DataError", "LayerError", "RuleError", "__version__",
+    "BudgetError", "CaptureError", "DataError", "LayerError", "RuleError", "StorageError", "__version__",
     "load_rules", "RuleSet", "transform", "plan", "report", "save", "load", "Plan", "Report",
-    "LayerRecord", "diff", "check_lock", "load_lock",
+    "LayerRecord", "diff", "check_lock", "load_lock", "bake", "densify", "compact", "CompactionRecord",
+    "save_pretrained", "from_pretrained", "explain",
 ]
 
 
@@ -45,7 +60,11 @@ def __getattr__(name: str) -> object:
 
 if TYPE_CHECKING:  # pragma: no cover
     from tedepr_fx.api import load, plan, report, save, transform
+    from tedepr_fx.compaction import CompactionRecord, compact
+    from tedepr_fx.deploy import bake, densify
+    from tedepr_fx.explanation import explain
     from tedepr_fx.lock import check_lock, diff, load_lock
     from tedepr_fx.record import LayerRecord
     from tedepr_fx.reporting import Plan, Report
     from tedepr_fx.rules import RuleSet, load_rules
+    from tedepr_fx.storage import from_pretrained, save_pretrained

@@ -35,9 +35,12 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import nn
 
+from tedepr_fx import storage
 from tedepr_fx.budget import Allocation, predicted_kept
 from tedepr_fx.capture import Captured, capture, preserve
-from tedepr_fx.errors import DataError
+from tedepr_fx.capture.checks import check_capturable
+from tedepr_fx.capture.sites import unsupported_layers
+from tedepr_fx.errors import CaptureError, CostWarning, DataError
 from tedepr_fx.example_inputs import (
     Example,
     as_scorer_inputs,
@@ -45,18 +48,21 @@ from tedepr_fx.example_inputs import (
     require_example,
     split_example,
 )
-from tedepr_fx.layers.masked import Accounting
+from tedepr_fx.graphview import GraphView
+from tedepr_fx.handlers import type_names
+from tedepr_fx.layers.masked import Accounting, MaskedMixin
 from tedepr_fx.lock import identity
 from tedepr_fx.losses import resolve_loss
 from tedepr_fx.passes.collapse import check_collapse
 from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
-from tedepr_fx.passes.match import Decision, match, tied_text
+from tedepr_fx.passes.match import Decision, match, supported_kinds, tied_text
 from tedepr_fx.passes.prune import groups_for, score_and_mask, scorer_used
 from tedepr_fx.passes.recompile import recompile
 from tedepr_fx.record import RECORD_ATTR, LayerRecord, Rewrite, format_fields
 from tedepr_fx.reporting import Plan, Report
-from tedepr_fx.rules import Scoring, load_rules
+from tedepr_fx.rules import RuleSet, Scoring, load_rules
 from tedepr_fx.scoring import default_output_fn
+from tedepr_fx.seeding import seeded
 from tedepr_fx.utils import meta_copy
 
 
@@ -124,6 +130,8 @@ def transform(
     ------
     RuleError, LayerError, CaptureError, BudgetError, DataError
     """
+    check_capturable(model, need_values=True)
+    refuse_transformed(model)
     ruleset = load_rules(rules)
     example = split_example(example_inputs)
     batches, loss_fn, output_fn = _batches(data, ruleset.scoring, resolve_loss(loss_fn, ruleset.scoring.loss),
@@ -132,20 +140,22 @@ def transform(
         example = split_example(_without_labels(batches[0][0]))
     if example is None:
         example = model_example(model)
-    model = copy.deepcopy(model)
+    source = storage.transform_source(model, ruleset, example, seed=seed, strict=strict, init=init,
+                                      auto_rank_multiple=auto_rank_multiple)
+    model = _copy(model)
     before = _State.of(model)  # capture and verification run forwards: they must not leave a trace
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):  # local state, one transform at a time: same result in any thread
         captured = _capture(model, example)
         decisions = match(captured, ruleset, strict=strict)
+        code_before = _code_before(captured, decisions, model, ruleset)
         if example is None:
             _check_example_not_needed(model, decisions, ruleset.scoring, bool(batches))
         dense_flops = _dense_flops(decisions, captured.input_shapes)
         if init is not None:
             for d in decisions:
                 d.init = init
-        factorize(decisions, auto_rank_multiple=auto_rank_multiple)
+        factorize(decisions, auto_rank_multiple=auto_rank_multiple, input_shapes=captured.input_shapes)
         result = captured.module
         paths = _paths(result, decisions)
         pairs = groups_for(result, decisions, paths)
@@ -168,15 +178,22 @@ def transform(
             if record.scored_by != d.scorer:
                 record.no_data_fallback = True
                 record.note = "; ".join(n for n in (record.note, f"scored by {record.scored_by} (no data)") if n)
+    _flag_costlier(records)
     for record, d in zip(records, decisions):
         if record.path and d.budget is not None and not _asks_rank_one(d):  # masked layers only
             record.collapse = check_collapse(result.get_submodule(record.path)) or ""
+        if FLOORS_WIN in record.note:
+            warnings.warn(f"layer {record.name!r} (rule {record.rule!r}): {FLOORS_WIN} ({record.kept} entries "
+                          "kept); lower min_density / min_kept or raise the budget", UserWarning, stacklevel=2)
         if record.collapse:
             record.note = "; ".join(n for n in (record.collapse, record.note) if n)
             warnings.warn(f"layer {record.name!r} (rule {record.rule!r}): {record.collapse}; "
                           "its masks cannot recover in training (raise its budget, min_density or rank)",
                           UserWarning, stacklevel=2)
-    preserve(result, RECORD_ATTR, Rewrite(records, captured.region_dicts()))
+    records += unsupported_records(captured, ruleset)
+    preserve(result, RECORD_ATTR, Rewrite(
+        records, captured.region_dicts(), code_before=code_before, source=source,
+        identity=identity(model, ruleset, example, [r.name for r in records])))
     return result
 
 
@@ -191,18 +208,14 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
     read as in :func:`transform` (positional, or a dict of keyword inputs; by default what
     the model says for itself).
     """
+    check_capturable(model, need_values=False)
+    refuse_transformed(model)
     ruleset = load_rules(rules)
-    example = split_example(example_inputs)
-    if example is None:
-        example = model_example(model)
-    meta_model = meta_copy(model)
-    if example is not None:
-        args, kwargs = example
-        example = (tuple(_to_meta(t) for t in args), {k: _to_meta(t) for k, t in kwargs.items()})
-    captured = _capture(meta_model, example, verify=False)
+    captured, example = dry_capture(model, example_inputs)
     decisions = match(captured, ruleset, strict=strict)
+    code_before = _code_before(captured, decisions, model, ruleset)
     dense_flops = _dense_flops(decisions, captured.input_shapes)
-    factorize(decisions, auto_rank_multiple=auto_rank_multiple)
+    factorize(decisions, auto_rank_multiple=auto_rank_multiple, input_shapes=captured.input_shapes)
     paths = _paths(captured.module, decisions)
     groups = {d.name: g for d, g in groups_for(captured.module, decisions, paths)}
     records = []
@@ -217,7 +230,10 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
             else:
                 kept = (predicted_kept(group), "predicted", f"kept predicted ({group.allocation} allocation)")
         records.append(layer_record(d, captured, dense_flops[d.name], paths.get(d.name, ""), kept=kept))
-    result = _table(Plan, records, captured.region_dicts())
+    _flag_costlier(records)
+    records += unsupported_records(captured, ruleset)
+    result = _table(Plan, records, captured.region_dicts(), code_before=code_before,
+                    view=GraphView.of_captured(captured, type(model).__name__))
     result.identity = identity(model, ruleset, example, [r.name for r in records])  # for the lock file
     return result
 
@@ -237,7 +253,8 @@ def report(model: nn.Module) -> Report:
                 kept=int(_accounting(module).kept_params()),
                 kept_source="actual", flops_after=_flops(module, shape))
         records.append(record)
-    return _table(Report, records, rewrite.regions, title="tedepr_fx report")
+    return _table(Report, records, rewrite.regions, title="tedepr_fx report", code_before=rewrite.code_before,
+                  view=GraphView.of(model, rewrite.regions, type(model).__name__), identity=dict(rewrite.identity))
 
 
 def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path: str,
@@ -251,7 +268,11 @@ def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path:
         dense_shape=list(d.dense_shape), dense=d.dense_params, stored=d.dense_params,
         kept=d.dense_params, flops_before=dense_flops, flops_after=dense_flops,
         input_shape=list(shape) if shape is not None else None,
-        note=f"{tied_text(d.site)}: kept dense" if d.site.shared_with else "",
+        region=d.site.region, node=d.site.node.name if d.site.how == "graph" and d.site.node is not None else "",
+        note="; ".join(n for n in (
+            f"{tied_text(d.site)}: kept dense" if d.site.shared_with else "",
+            f"also named {', '.join(d.site.aliases)} (one module, rewritten under every name)"
+            if d.site.aliases else "") if n),
     )
     if d.action not in ("factorize", "prune"):
         return record
@@ -267,7 +288,8 @@ def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path:
     record.kept_source = "budget"
     record.flops_after = _flops(new, shape)
     if kept is not None:
-        record.kept, record.kept_source, record.note = kept
+        record.kept, record.kept_source, note = kept
+        record.note = "; ".join(n for n in (note, record.note) if n)
     return record
 
 
@@ -304,6 +326,84 @@ class _State:
             module.training = self.modes.get(owner, module.training)
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of the user's model (transform never rewrites its input)."""
+    try:
+        return copy.deepcopy(model)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CaptureError(f"the model cannot be deep-copied, and transform never modifies its input: "
+                           f"{type(error).__name__}: {str(error).splitlines()[0]}") from error
+
+
+def refuse_transformed(model: nn.Module) -> None:
+    """A :class:`CaptureError` for a model ``transform`` already rewrote: its layers are masked
+    factors whose budgets were counted against weights it no longer has, so a second rewrite
+    would match none of them and report nothing."""
+    rewritten = [f"{name or '<root>'} ({type(m).__name__})" for name, m in model.named_modules()
+                 if isinstance(m, MaskedMixin)]
+    if rewritten or isinstance(getattr(model, RECORD_ATTR, None), Rewrite):
+        listed = ", ".join(rewritten[:3]) + (f" and {len(rewritten) - 3} more" if len(rewritten) > 3 else "")
+        raise CaptureError(
+            "this model was already transformed by tedepr_fx" + (f" (layers {listed})" if listed else "")
+            + "; transforming it again is not supported: transform the original model with the new "
+            "rules (e.g. a stricter budget) instead")
+
+
+def dry_capture(model: nn.Module, example_inputs: Any = None) -> tuple[Captured, Example | None]:
+    """Capture a meta-device copy of ``model`` (no weight copied, nothing run for real), with
+    ``example_inputs`` read as in :func:`plan`; returns the capture and the meta example."""
+    example = split_example(example_inputs)
+    if example is None:
+        example = model_example(model)
+    if example is not None:
+        args, kwargs = example
+        example = (tuple(_to_meta(t) for t in args), {k: _to_meta(t) for k, t in kwargs.items()})
+    return _capture(meta_copy(model), example, verify=False), example
+
+
+def unsupported_records(captured: Captured, ruleset: RuleSet) -> list[LayerRecord]:
+    """Weight-bearing layers of a kind no rule can rewrite (Conv1d, Conv3d, ConvTranspose2d...),
+    as unmatched rows whose note says so (and names the rule that would have matched them)."""
+    records = []
+    for name, module in unsupported_layers(captured.module, captured.sites):
+        weight = module._parameters["weight"]
+        dense = weight.numel() if weight is not None else 0
+        rule = ruleset.first_match(name, type_names(module), dense)
+        note = f"unsupported layer kind (supported: {supported_kinds()})"
+        if rule is not None:
+            note += f"; rule {rule.name!r} matches it and leaves it as it is"
+        records.append(LayerRecord(name=name, rule="", action="unmatched", how="swap",
+                                   old_type=type(module).__name__, new_type=type(module).__name__,
+                                   dense_shape=list(weight.shape) if weight is not None else [], dense=dense,
+                                   stored=dense, kept=dense, note=note))
+    return records
+
+
+def _flag_costlier(records: list[LayerRecord]) -> None:
+    """Note on each record, and warn once, where the rewrite costs more FLOPs than the dense layer
+    at the example input (a factor chain whose ranks are too high for its shape)."""
+    costlier = []
+    for r in records:
+        if r.flops_before and r.flops_after is not None and r.flops_after > r.flops_before:
+            words = f"{r.flops_after / r.flops_before:.2f}x the dense FLOPs"
+            r.note = "; ".join(n for n in (r.note, words) if n)
+            costlier.append(f"{r.name} ({words})")
+    if costlier:
+        warnings.warn(f"the rewrite makes {len(costlier)} layer(s) more expensive than dense: "
+                      f"{', '.join(costlier)}; lower their rank, set budget.flops, or use another format", CostWarning,
+                      stacklevel=3)
+
+
+def _code_before(captured: Captured, decisions: list[Decision], model: nn.Module, ruleset: RuleSet) -> str:
+    """The annotated code of the model as captured, before any layer is rewritten."""
+    records = [LayerRecord(name=d.name, rule=d.rule_name, action=d.action, how=d.site.how, old_type=d.old_type,
+                           new_type=d.old_type, dense=d.dense_params, region=d.site.region,
+                           node=d.site.node.name if d.site.how == "graph" and d.site.node is not None else "")
+               for d in decisions]
+    records += unsupported_records(captured, ruleset)
+    return GraphView.of_captured(captured, type(model).__name__).code(records, before=True)
+
+
 def _capture(model: nn.Module, example: Example | None, verify: bool = True) -> Captured:
     if example is None:
         return capture(model, None, verify=verify)
@@ -329,7 +429,9 @@ def _asks_rank_one(d: Decision) -> bool:
 
 def _paths(root: nn.Module, decisions: list[Decision]) -> dict[str, str]:
     """Qualified name in ``root`` of every rewritten layer's new module."""
-    names = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+    names: dict[int, str] = {}
+    for n, m in root.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), n)  # an aliased layer is reported under its first name
     return {d.name: names[id(d.site.get())] for d in decisions if d.action in ("factorize", "prune")}
 
 
@@ -345,18 +447,23 @@ def _actual(result: nn.Module, path: str | None,
     notes = [_WHOLE] if layer.whole else []
     if layer.at_floor:
         notes.append("at floor: " + ",".join(sorted(t.rsplit(".", 1)[-1] for t in layer.at_floor)))
+    if layer.floors_exceed_budget:
+        notes.append(FLOORS_WIN)
     return layer.kept, "actual", "; ".join(notes)
 
 
-def save(model: nn.Module, path: str | Path) -> None:
-    """Save a transformed model whole (structure and weights) with ``torch.save``."""
-    torch.save(model, path)
+# the documented rule when a layer's floors (min_density, min_kept) exceed its budget
+FLOORS_WIN = "floors exceed the budget: min_density / min_kept win, kept > budget"
 
 
-def load(path: str | Path, map_location: Any = None) -> nn.Module:
-    """Load a model saved by :func:`save`. Like any pickle, only load files you trust."""
-    model: nn.Module = torch.load(path, map_location=map_location, weights_only=False)
-    return model
+def save(model: nn.Module, path: str | Path) -> Path:
+    """Save a transformed model compactly (safetensors); see :func:`tedepr_fx.storage.save`."""
+    return storage.save(model, path)
+
+
+def load(path: str | Path, model: nn.Module | None = None, **kwargs: Any) -> nn.Module:
+    """Rebuild a model saved by :func:`save`; see :func:`tedepr_fx.storage.load`."""
+    return storage.load(path, model, **kwargs)
 
 
 _OWN_LOSS = object()  # the targets of a dict batch with ``labels`` inside

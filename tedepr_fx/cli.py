@@ -132,6 +132,8 @@ def _example(shape: str | None, dtype: str = "float") -> tuple[torch.Tensor] | N
         dims = tuple(int(d) for d in shape.split(","))
     except ValueError:
         raise ValueError(f"--input-shape must be comma-separated ints; got {shape!r}") from None
+    if any(d < 1 for d in dims):
+        raise ValueError(f"--input-shape must be positive ints (a batch of at least one sample); got {shape!r}")
     if dtype == "long":
         return (torch.randint(0, 2, dims, generator=torch.Generator().manual_seed(0)),)
     return (torch.randn(*dims),)
@@ -168,8 +170,27 @@ def _plan(args: argparse.Namespace) -> int:
                   strict=args.strict)
     if args.lock or args.check_lock:
         return _lock(args, result)
-    print(result.to_json() if args.json else result.to_markdown() if args.markdown else result)
+    print(_formatted(result, args), end="")
     return EXIT_OK
+
+
+def _formatted(result: Any, args: argparse.Namespace) -> str:
+    """A plan or report as the output flags ask: terminal table, Markdown, JSON or CSV."""
+    if getattr(args, "json", False):
+        return str(result.to_json())
+    if getattr(args, "csv", False):
+        return str(result.to_csv())
+    if getattr(args, "markdown", False):
+        return str(result.to_markdown())
+    return f"{result}\n"
+
+
+def _format_arguments(parser: argparse.ArgumentParser) -> None:
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    fmt.add_argument("--json", action="store_true",
+                     help="print JSON (versioned schema: docs/report.schema.json)")
+    fmt.add_argument("--csv", action="store_true", help="print CSV, one row per layer")
 
 
 def _lock(args: argparse.Namespace, result: Any) -> int:
@@ -196,9 +217,7 @@ def _lock(args: argparse.Namespace, result: Any) -> int:
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument("--markdown", action="store_true", help="print a markdown table")
-    fmt.add_argument("--json", action="store_true", help="print JSON")
+    _format_arguments(parser)
     lock = parser.add_mutually_exclusive_group()
     lock.add_argument("--lock", action="store_true",
                       help="write the lock file (default: the rule file with its suffix replaced by "
@@ -222,9 +241,55 @@ def _diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _show_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--diff", action="store_true",
+                        help="print the unified diff of the annotated code before and after the rewrite")
+    parser.add_argument("--dot", metavar="PATH",
+                        help="also write the rewritten graph as Graphviz DOT (.dot/.gv), or rendered "
+                             "(.svg/.png/.pdf, needs Graphviz's dot program)")
+    parser.add_argument("--chart", metavar="PATH.png",
+                        help="also write a per-layer chart of weights and FLOPs (PNG, needs matplotlib)")
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tedepr_fx.api import plan
+
+    for option in ("dot", "chart"):
+        _check_output_path(getattr(args, option), f"--{option}")
+    result = plan(_load_model(args.model), _rules(args), _example(args.input_shape, args.input_dtype),
+                  strict=args.strict)
+    print(result.graph_diff() if args.diff else result.graph(), end="")
+    if args.dot:
+        print(f"wrote {result.write_dot(args.dot)}", file=sys.stderr)
+    if args.chart:
+        print(f"wrote {result.write_chart(args.chart)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _check_output_path(path: str | None, option: str) -> None:
+    """An output file's directory must exist before any work is done."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise ValueError(f"{option} {path}: directory {Path(path).parent} does not exist")
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("layer", metavar="LAYER", help="a layer name as `plan` prints it, e.g. encoder.layer.0.attention.self.query")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from tedepr_fx.explanation import explain
+
+    print(explain(_load_model(args.model), _rules(args), args.layer,
+                  _example(args.input_shape, args.input_dtype)))
+    return EXIT_OK
+
+
 def _transform_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
-    parser.add_argument("-o", "--output", required=True, help="where to save the model (torch.save)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="where to save the model (tedepr_fx.save: safetensors, compact, no pickle)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", choices=["scratch", "decompose"], help="override every rule's init")
     parser.add_argument("--data", metavar="PACKAGE.MODULE:FUNCTION",
@@ -238,6 +303,7 @@ def _transform_arguments(parser: argparse.ArgumentParser) -> None:
 def _transform(args: argparse.Namespace) -> int:
     from tedepr_fx.api import report, save, transform
 
+    _check_output(Path(args.output))  # before the transform, not after minutes of it
     data = _factory(args.data, "data")() if args.data else None
     model = transform(_load_model(args.model), _rules(args), example_inputs=_example(args.input_shape, args.input_dtype),
                       data=data, loss_fn=args.loss, seed=args.seed, strict=args.strict, init=args.init)
@@ -247,15 +313,26 @@ def _transform(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_output(path: Path) -> None:
+    """A ``ValueError`` when ``path`` cannot be written: a missing or read-only folder, a directory."""
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"-o {path}: is a directory; give a file name")
+    if not folder.is_dir():
+        raise ValueError(f"-o {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"-o {path}: the folder {folder} is not writable")
+
+
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a model saved by `tedepr-fx transform` or tedepr_fx.save")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from tedepr_fx.api import load, report
+    from tedepr_fx.storage import read_report
 
-    result = report(load(args.file))
+    result = read_report(args.file)  # the file's metadata alone: no unpickling, no model code
     print(result.to_markdown() if args.markdown else result)
     return EXIT_OK
 
@@ -299,6 +376,11 @@ COMMANDS += [
             _plan_arguments, _guarded(_plan)),
     Command("diff", "print the layers that changed between two lock files, and how",
             _diff_arguments, _guarded(_diff)),
+    Command("show", "print the rewritten graph's code, each layer call annotated with what the rewrite "
+            "makes of it (--diff: before vs after; --dot / --chart: pictures)",
+            _show_arguments, _guarded(_show)),
+    Command("explain", "why a layer gets its rule: every rule in order with the match term that "
+            "accepted or rejected the layer", _explain_arguments, _guarded(_explain)),
     Command("transform", "transform a model and save it", _transform_arguments, _guarded(_transform)),
     Command("inspect", "print the report of a saved transformed model", _inspect_arguments,
             _guarded(_inspect)),

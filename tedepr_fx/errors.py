@@ -75,3 +75,12 @@ class BudgetError(TedeprError, ValueError):
 
 class DataError(TedeprError, ValueError):
     """Scoring data is missing, malformed, or produced non-finite scores."""
+
+
+class StorageError(TedeprError, ValueError):
+    """A saved model cannot be read back as it was written (truncated, corrupted, newer format,
+    legacy pickle without ``trust_pickle``, or a base model that does not match its record)."""
+
+
+class CostWarning(UserWarning):
+    """A rewrite makes a layer cost more FLOPs than the dense layer it replaces."""

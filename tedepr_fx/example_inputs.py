@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tedepr_fx.errors import CaptureError
+from tedepr_fx.seeding import seeded
 
 Example = tuple[tuple[Any, ...], dict[str, Any]]  # (args, kwargs) of one forward call
 
@@ -67,8 +68,7 @@ def model_example(model: nn.Module) -> Example | None:
     so the same model always gets the same example.
     """
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(0)
+    with seeded(0, cuda):
         zoo = getattr(model, "example_input", None)
         if callable(zoo):
             return (zoo(),), {}

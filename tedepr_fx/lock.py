@@ -118,7 +118,8 @@ def identity(model: Any, rules: Any, example: Any, order: Sequence[str]) -> dict
             "rules-sha256": rules_sha256(rules), "order": list(order)}
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The tool and torch versions, as the lock header and the JSON document print them."""
     import tedepr_fx
 
     try:
@@ -168,7 +169,7 @@ def totals_line(plan: Plan) -> str:
 
 def lock_text(plan: Plan) -> str:
     """The lock file of ``plan``: header, one line per layer in model order, totals."""
-    header = {**_versions(), **{k: str(v) for k, v in plan.identity.items() if k != "order"}}
+    header = {**versions(), **{k: str(v) for k, v in plan.identity.items() if k != "order"}}
     lines = [MAGIC]
     lines += [f"# {key}: {header.get(key, '-')}" for key in HEADER_KEYS]
     lines += [layer_line(r) for r in _ordered(plan)]

@@ -70,6 +70,8 @@ class LayerRecord:
     flops_after: int | None = None
     input_shape: list[int] | None = None
     path: str = ""  # qualified name of the layer's module in the rewritten model
+    region: str = ""  # the capture region that holds the layer ("" for the root)
+    node: str = ""  # the fx node that calls the layer in its region's code (how == "graph")
     collapse: str = ""  # "collapsed: ..." when the masked layer is dead or rank 1 (transform only)
     note: str = ""
 
@@ -93,6 +95,11 @@ class Rewrite:
 
     records: list[LayerRecord]
     regions: list[dict[str, str]]
+    code_before: str = ""  # the annotated code of the model as captured (``Plan.graph_diff``)
+    identity: dict[str, Any] = field(default_factory=dict)  # model class, inputs, rules hash, layer order
+    # what transform was given, as JSON data (model class, rules, example input specs, options),
+    # so that tedepr_fx.storage can re-apply the rewrite to a fresh model
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 def _ints(values: list[int]) -> str:

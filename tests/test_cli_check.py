@@ -46,7 +46,7 @@ def test_check_missing_unreadable_and_broken_files(tmp_path, capsys):
     assert f"  {missing}: no such file" in out
     assert f"  {tmp_path}: is a directory, not a rule file" in out
     assert f"  {broken}:3:1: invalid YAML:" in out
-    assert f"  {binary}: is not UTF-8 text" in out
+    assert f"  {binary}:1:1: is not UTF-8 text (invalid start byte)" in out
     assert "Traceback" not in out
 
 

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-import tedepr_fx
 from tedepr_fx.cli import main
+from tedepr_fx.storage import read_report
 
 FACTORIES = textwrap.dedent('''
     import torch
@@ -60,7 +60,7 @@ def test_transform_finds_model_and_data_in_the_current_directory_and_takes_a_sco
     code = main(["transform", "my_factories:mlp", "--rules", "rules.yaml", "--data", "my_factories:batches",
                  "--scorer", "snip", "--input-shape", "2,8", "-o", "out.pt"])
     assert code == 0, capsys.readouterr().err
-    rows = tedepr_fx.report(tedepr_fx.load(workdir / "out.pt")).rows
+    rows = read_report(workdir / "out.pt").rows
     assert {r.scored_by for r in rows} == {"snip"} and {r.scorer for r in rows} == {"snip"}
 
 
@@ -75,7 +75,7 @@ def test_a_language_model_with_token_inputs_and_the_causal_lm_loss(workdir, caps
     code = main(["transform", "my_factories:gpt2", "--rules", "rules.yaml", "--data", "my_factories:token_pairs",
                  "--input-shape", "2,8", "--input-dtype", "long", "--loss", "causal_lm", "-o", "lm.pt"])
     assert code == 0, capsys.readouterr().err
-    assert any(r.kept < r.dense for r in tedepr_fx.report(tedepr_fx.load(workdir / "lm.pt")).rows)
+    assert any(r.kept < r.dense for r in read_report(workdir / "lm.pt").rows)
 
 
 def test_plan_takes_the_models_own_example_inputs(capsys):

@@ -43,6 +43,7 @@ from tedepr_fx.capture.sites import (
     LayerSite,
     graph_sites,
     mark_shared,
+    merge_aliases,
     mha_sites,
     module_site,
     walk_eager,
@@ -143,6 +144,7 @@ def capture(model: nn.Module, example_inputs: Args | None = None, *, verify: boo
                 raise CaptureError("captured graph does not reproduce the model's outputs; "
                                    "please report this model")
 
+    sites = merge_aliases(root, sites)
     mark_shared(root, sites)
     shapes: dict[str, tuple[int, ...]] = {}
     for site in sites:

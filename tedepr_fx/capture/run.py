@@ -16,14 +16,14 @@ from torch.utils.hooks import RemovableHandle
 from tedepr_fx.capture.sites import LayerSite
 from tedepr_fx.capture.trace import Args, Call, shorten
 from tedepr_fx.errors import CaptureError
+from tedepr_fx.seeding import seeded
 
 _MISSING = object()
 
 
 def run_seeded(module: nn.Module, args: Args, kwargs: dict[str, Any]) -> Any:
     """One forward under a fixed RNG seed, so that dropout draws the same masks every time."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
+    with seeded(0), torch.no_grad():
         return module(*args, **kwargs)
 
 

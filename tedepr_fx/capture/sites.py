@@ -37,6 +37,7 @@ class LayerSite:
     node: fx.Node | None = None
     functional: bool = False
     shared_with: tuple[str, ...] = ()  # other sites holding the same weight tensor
+    aliases: tuple[str, ...] = ()  # other names of the same module object (replaced with it)
 
 
 def module_site(name: str, owner: nn.Module, attr: str, kind: LayerKind, region: str, how: str,
@@ -203,6 +204,7 @@ def rewrite_functional_call(gm: fx.GraphModule, node: fx.Node, weight: fx.Node, 
         if attr_node is not None and not attr_node.users:
             gm.graph.erase_node(attr_node)
             _delete_attr(gm, _attr_target(attr_node))
+    gm.recompile()  # the generated forward still reads the deleted parameters until regenerated
     return call
 
 
@@ -263,6 +265,61 @@ def worth_tracing(module: nn.Module) -> bool:
     return False
 
 
+def merge_aliases(root: nn.Module, sites: list[LayerSite]) -> list[LayerSite]:
+    """One site per layer object: a module called twice in the graph, or held under several
+    names (``self.b = self.a``), is one layer, replaced under every name it has.
+
+    The first site of a layer is kept; its ``aliases`` lists the module's other qualified
+    names in ``root``, and its ``set`` puts the replacement under all of them, so no path
+    keeps the dense weight.
+    """
+    paths: dict[int, list[str]] = {}
+    for path, module in root.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+    merged: list[LayerSite] = []
+    seen: set[int] = set()
+    for site in sites:
+        if site.functional:
+            merged.append(site)
+            continue
+        module = site.get()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        others = tuple(p for p in paths.get(id(module), []) if p != site.name)
+        if others:
+            site.aliases = others
+            site.set = functools.partial(_set_everywhere, root, site.set, others)
+        merged.append(site)
+    return merged
+
+
+def _set_everywhere(root: nn.Module, set_first: Callable[[nn.Module], None], others: tuple[str, ...],
+                    new: nn.Module) -> None:
+    set_first(new)
+    for path in others:
+        owner_name, _, attr = path.rpartition(".")
+        preserve(root.get_submodule(owner_name) if owner_name else root, attr, new)
+
+
+def unsupported_layers(root: nn.Module, sites: list[LayerSite]) -> list[tuple[str, nn.Module]]:
+    """Modules with a weight matrix or kernel that no registered layer kind handles (Conv1d,
+    Conv3d, ConvTranspose2d, Bilinear...): rules cannot rewrite them, and say so when they
+    match one instead of reporting that they matched nothing."""
+    covered = [name for site in sites for name in (site.name, *site.aliases)]
+    weights = {id(getattr(site.get(), "weight", None)) for site in sites}  # functional sites' too
+    found = []
+    for name, module in root.named_modules():
+        if not name or isinstance(module, (MaskedMixin, nn.MultiheadAttention)) or kind_of(module) is not None:
+            continue
+        if any(name == c or name.startswith(c + ".") for c in covered):
+            continue
+        weight = module._parameters.get("weight")
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and id(weight) not in weights:
+            found.append((name, module))
+    return found
+
+
 def mark_shared(root: nn.Module, sites: list[LayerSite]) -> None:
     """Record, for every site, the other holders of its weight tensor anywhere in the model.
 
@@ -278,7 +335,7 @@ def mark_shared(root: nn.Module, sites: list[LayerSite]) -> None:
         weight = getattr(site.get(), "weight", None)
         if not isinstance(weight, torch.Tensor):
             continue
-        own = (site.name, join_name(site.name, "weight"))
+        own = {n for name in (site.name, *site.aliases) for n in (name, join_name(name, "weight"))}
         others = sorted({p.removesuffix(".weight") for p in holders.get(id(weight), []) if p not in own})
         site.shared_with = tuple(others)
 

@@ -59,8 +59,9 @@ def graph_module(original: nn.Module, graph: fx.Graph) -> fx.GraphModule:
         if isinstance(node.type, str):  # a postponed annotation: GraphModule cannot pickle it
             node.type = None
     gm = fx.GraphModule(original, graph, class_name=type(original).__name__)
-    for name, child in original.named_children():
-        preserve(gm, name, child)
+    for name, child in original._modules.items():  # every name, aliases included
+        if child is not None:
+            preserve(gm, name, child)
     for name, param in original.named_parameters(recurse=False):
         preserve(gm, name, param)
     for name, buf in original.named_buffers(recurse=False):

@@ -149,8 +149,9 @@ class Format(ABC, Generic[ShapeT]):
         return builders[kind](module, rank, init=init)
 
     def auto_rank(self, kind: str, module: nn.Module, modes: object, target_params: float,
-                  floor: int | None = None) -> int:
-        """``rank: auto``: the largest uniform int rank whose stored factors are ``<= target_params``.
+                  floor: int | None = None, flops_bound: tuple[float, tuple[int, ...]] | None = None) -> int:
+        """``rank: auto``: the largest uniform int rank whose stored factors are ``<= target_params``
+        (and, with ``flops_bound = (most FLOPs, input shape)``, whose FLOPs are within it).
 
         At least ``floor`` (default :attr:`auto_rank_floor`), capped at the largest full rank.
         Probed on a meta copy of ``module`` (no allocation); the stored count grows with the
@@ -162,9 +163,12 @@ class Format(ABC, Generic[ShapeT]):
 
         def stored(rank: RankSpec) -> int | None:
             try:
-                return cast("Accounting", self.build(kind, probe, rank, modes, "scratch")).stored_params()
+                built = cast("Accounting", self.build(kind, probe, rank, modes, "scratch"))
             except ValueError:
                 return None
+            if flops_bound is not None and built.flops(flops_bound[1]) > flops_bound[0]:
+                return None  # too expensive: counts as not fitting
+            return built.stored_params()
 
         full = self.build(kind, probe, "full", modes, "scratch")
         high = max(getattr(full, "tedepr_info", {}).get("ranks", [1]))

@@ -13,23 +13,25 @@ T = TypeVar("T")
 class EvalCache:
     """Mixin for masked factorized modules: :meth:`cached` builds once in eval mode.
 
-    A derived tensor is reused only when the module is in eval mode and autograd is
-    off (a cached tensor must not hold a graph), and only while every tensor it was
-    built from, and that tensor's mask, is the same object with the same version,
-    storage, dtype and device: an in-place update, ``load_state_dict``, ``set_mask``
-    or ``.to()`` invalidates it. Each ``slot`` holds one entry. The cache is never
-    copied or pickled.
+    A derived tensor is reused only when the module is in eval mode, autograd is off
+    (a cached tensor must not hold a graph) and nothing traces the forward
+    (``torch.compile``, ``torch.export`` and the ONNX exporter see fake tensors, and a
+    cache keyed on ids would make dynamo guard on, and recompile for, every new key);
+    and only while every tensor it was built from, and that tensor's mask, is the same
+    object with the same version, storage, dtype and device: an in-place update,
+    ``load_state_dict``, ``set_mask`` or ``.to()`` invalidates it. Each ``slot`` holds
+    one entry. The cache is never copied or pickled.
     """
 
     if TYPE_CHECKING:
         # provided by the classes this is mixed into: nn.Module and MaskedMixin
         training: bool
 
-        def get_mask(self, name: str) -> torch.Tensor: ...
+        def mask_buffer(self, name: str) -> torch.Tensor | None: ...
 
     def cached(self, slot: str, tag: Hashable, names: Sequence[str], build: Callable[[], T]) -> T:
         """``build()``, reused from ``slot`` in eval mode while ``tag`` and the tensors match."""
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return build()
         key = (tag, *self._tensors_key(names))
         store: dict[str, tuple[tuple[Hashable, ...], Any]] = self.__dict__.setdefault("_eval_cache", {})
@@ -40,10 +42,11 @@ class EvalCache:
 
     def _tensors_key(self, names: Sequence[str]) -> tuple[Hashable, ...]:
         key: list[Hashable] = []
-        t: torch.Tensor
+        t: torch.Tensor | None
         for name in names:
-            for t in (getattr(self, name), self.get_mask(name)):
-                key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
+            for t in (getattr(self, name), self.mask_buffer(name)):
+                if t is not None:
+                    key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
         return tuple(key)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -74,15 +74,16 @@ def _as_embedding(module: nn.Module, who: str) -> nn.Embedding:
 def _check_indices(indices: torch.Tensor, count: int, who: str) -> None:
     """``IndexError`` (``TypeError`` for a non-integer tensor) unless every index is in ``[0, count)``.
 
-    On CPU the check raises at once; on an accelerator it is asynchronous
-    (``torch._assert_async``: no synchronisation); on meta there is nothing to check.
+    On CPU the check raises at once; on an accelerator, and in a traced program
+    (``torch.compile``, ``torch.export``: the values are not known while tracing), it is
+    asynchronous (``torch._assert_async``: no synchronisation); on meta there is nothing to check.
     """
     if indices.dtype not in (torch.long, torch.int32):
         raise TypeError(f"{who} expects indices of dtype long or int; got {indices.dtype}")
     if indices.device.type == "meta" or indices.numel() == 0:
         return
     bad = ((indices < 0) | (indices >= count)).any()
-    if indices.device.type == "cpu":
+    if indices.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad):
             raise IndexError(f"{who}: index out of range (indices must be in [0, {count}); got "
                              f"min {int(indices.min())}, max {int(indices.max())})")
@@ -121,13 +122,18 @@ class MaskedEmbedding(_MaskedDenseWeight, nn.Embedding):
 
     def masked(self, name: str) -> torch.Tensor:
         """The effective table: the stored one where the mask holds, 0 elsewhere (selected)."""
-        return select(getattr(self, name), getattr(self, f"{name}_mask"))
+        value: torch.Tensor = getattr(self, name)
+        mask = self.mask_buffer(name)
+        return value if mask is None else select(value, mask)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(input, self.weight, self.padding_idx, None, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
+        mask = self.mask_buffer("weight")
+        if mask is None:  # baked
+            return rows
         # the rows' masks; a float mask (scoring) is differentiable, its padding row gets no gradient
-        keep = F.embedding(input, self.get_mask("weight"), self.padding_idx)
+        keep = F.embedding(input, mask, self.padding_idx)
         return select(rows, keep)
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
@@ -218,7 +224,9 @@ class TTMatrixEmbedding(TTCores):
 
     def masked(self, name: str) -> torch.Tensor:
         """A core where its mask holds, 0 elsewhere (selected, see :func:`select`)."""
-        return select(getattr(self, name), getattr(self, f"{name}_mask"))
+        value: torch.Tensor = getattr(self, name)
+        mask = self.mask_buffer(name)
+        return value if mask is None else select(value, mask)
 
     # --- the lookup ------------------------------------------------------------------------------
 

@@ -2,14 +2,20 @@
 
 A prunable tensor ``<name>`` (a dense ``weight`` or a factor such as ``core_1``)
 carries a boolean buffer ``<name>_mask`` of the same shape in the *same* module.
-``forward`` reads the tensor through :meth:`MaskedMixin.masked`, which multiplies
-it by its mask, so no optimizer, momentum or weight decay can revive a pruned
-entry: its effective value is zero whatever the stored value becomes.
+``forward`` reads the tensor through :meth:`MaskedMixin.masked`, which selects its
+kept entries (``torch.where``), so no optimizer, momentum or weight decay can revive
+a pruned entry: its effective value is zero whatever the stored value becomes.
 
 Because the masks are ordinary buffers they are saved in ``state_dict``, moved by
 ``.to()``, copied by ``deepcopy``, pickled by ``torch.save`` and broadcast by DDP.
 Masks exist from construction (all ``True``), so a pruned model's state_dict
-loads into a freshly transformed, not yet pruned one.
+loads into a freshly transformed, not yet pruned one. A load that would revive
+entries (a mask in the file keeps what the module prunes) or that writes nonzero
+values into pruned entries without their mask (a dense copy, ``strict=False``)
+loads as asked and says so with a :class:`RevivedWarning`.
+
+:meth:`MaskedMixin.bake_masks` folds the masks into the tensors and removes them
+(see :func:`tedepr_fx.bake`).
 
 Every module in :mod:`tedepr_fx.layers` also answers the accounting questions
 of :class:`Accounting`: dense, stored and kept weight counts, and FLOPs.
@@ -17,6 +23,8 @@ of :class:`Accounting`: dense, stored and kept weight counts, and FLOPs.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
@@ -25,6 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tedepr_fx.layers.hf import WeightLayout, is_hf_conv1d
+
+
+class RevivedWarning(UserWarning):
+    """``load_state_dict`` revived pruned entries of a masked layer, or wrote values into them."""
 
 
 @runtime_checkable
@@ -63,6 +75,7 @@ class MaskedMixin:
     """
 
     prunable: tuple[str, ...] = ()
+    baked = False  # True once :meth:`bake_masks` folded the masks into the tensors
 
     def init_masks(self) -> None:
         module = cast(nn.Module, self)  # the mixin is only ever mixed into nn.Module subclasses
@@ -73,13 +86,23 @@ class MaskedMixin:
             )
 
     def get_mask(self, name: str) -> torch.Tensor:
+        """The mask buffer of ``name``; for a baked module, computed: its nonzero entries."""
         self._check_prunable(name)
+        if self.baked:
+            return cast(torch.Tensor, getattr(self, name)).detach() != 0
         mask: torch.Tensor = getattr(self, f"{name}_mask")
         return mask
+
+    def mask_buffer(self, name: str) -> torch.Tensor | None:
+        """The mask buffer of ``name``, or None once the module is baked."""
+        return None if self.baked else self.get_mask(name)
 
     @torch.no_grad()
     def set_mask(self, name: str, mask: torch.Tensor) -> None:
         """Copy ``mask`` into the buffer of ``name`` (in place, so DDP and optimizers keep their references)."""
+        if self.baked:
+            raise ValueError(f"{type(self).__name__} is baked: its masks were folded into its tensors "
+                             f"and removed, so the mask of {name!r} cannot be set")
         current = self.get_mask(name)
         if tuple(mask.shape) != tuple(current.shape):
             raise ValueError(
@@ -95,10 +118,76 @@ class MaskedMixin:
         the buffer's place to differentiate through it, multiplies.
         """
         param: torch.Tensor = getattr(self, name)
+        if self.baked:
+            return param
         mask: torch.Tensor = getattr(self, f"{name}_mask")
         if mask.dtype == torch.bool:
             return torch.where(mask, param, param.new_zeros(()))
         return param * mask
+
+    @torch.no_grad()
+    def bake_masks(self) -> None:
+        """Write every mask into its tensor and delete the mask buffers, in place.
+
+        Pruned entries become exactly 0 (selected, so an ``inf`` or ``NaN`` stored there
+        goes too) and :meth:`masked` returns the tensors as they are: same outputs, no
+        mask buffers. Nothing keeps a baked entry at 0 any more: a baked module is for
+        inference and export, not for more training.
+        """
+        if self.baked:
+            return
+        module = cast(nn.Module, self)
+        for name in self.prunable:
+            mask = self.get_mask(name)
+            if mask.dtype != torch.bool:
+                raise ValueError(f"{type(self).__name__}: the mask of {name!r} is {mask.dtype}, not bool "
+                                 "(a scorer's differentiable mask); only a model's boolean masks can be baked")
+            param: torch.Tensor = getattr(self, name)
+            # .data, not copy_: the tensor takes the strides masked() gave, so every product
+            # runs the same kernel on the same layout as before baking
+            param.data = torch.where(mask, param, param.new_zeros(()))
+            delattr(module, f"{name}_mask")
+        self.baked = True
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """``nn.Module``'s load, then a :class:`RevivedWarning` for any pruned entry it revived."""
+        revived = self._revived_by(state_dict, prefix)
+        errors: list[str] = args[-1]  # nn.Module's signature ends with error_msgs
+        before = len(errors)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        if revived and len(errors) == before:
+            warnings.warn(f"load_state_dict into {type(self).__name__} {prefix.rstrip('.') or '(root)'}: "
+                          + "; ".join(revived), RevivedWarning, stacklevel=_caller_level())
+
+    @torch.no_grad()
+    def _revived_by(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
+        """What loading ``state_dict`` would do to this module's pruned entries, one line per tensor.
+
+        A mask in the file that keeps entries this module prunes revives them; a tensor without
+        its mask in the file (a dense copy) whose values are nonzero where this module prunes:
+        those stay pruned (the mask is kept), but the caller probably meant to load a mask too.
+        """
+        if self.baked:
+            return []
+        lines: list[str] = []
+        for name in self.prunable:
+            current = self.get_mask(name)
+            if current.dtype != torch.bool:
+                continue
+            loaded_mask = state_dict.get(f"{prefix}{name}_mask")
+            value = state_dict.get(f"{prefix}{name}")
+            if isinstance(loaded_mask, torch.Tensor) and loaded_mask.shape == current.shape:
+                revived = int((loaded_mask.to(current.device, torch.bool) & ~current).sum())
+                if revived:
+                    lines.append(f"the mask of {name!r} keeps {revived} entries that were pruned "
+                                 f"(kept {int(current.sum())} -> {int(loaded_mask.bool().sum())})")
+            elif (isinstance(value, torch.Tensor) and loaded_mask is None and value.shape == current.shape
+                  and not value.is_meta):
+                written = int(((value.to(current.device) != 0) & ~current).sum())
+                if written:
+                    lines.append(f"{name!r} comes without its mask and writes {written} nonzero values "
+                                 "into pruned entries; they stay pruned (the module's mask is kept)")
+        return lines
 
     def stored_params(self) -> int:
         return sum(cast(torch.Tensor, getattr(self, name)).numel() for name in self.prunable)
@@ -122,6 +211,16 @@ class DenseWeightView:
     @property
     def weight(self: _HasDense) -> torch.Tensor:
         return self.to_dense()
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame, above the caller, outside this file and torch's
+    ``nn.Module`` (whose ``load_state_dict`` recurses once per submodule): the user's call."""
+    inside = {__file__, nn.modules.module.__file__}
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename in inside:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def iter_masked(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:

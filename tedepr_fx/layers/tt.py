@@ -31,6 +31,7 @@ from tedepr_fx.layers.contraction import (
     Groups,
     choose_order,
     group_cores,
+    shape_hint,
     trace_ring,
     tt_chain_apply,
     tt_flops,
@@ -258,7 +259,7 @@ class TTMatrixLinear(TTCores):
         rows = x.reshape(-1, self.in_features)
         if self.in_pad:
             rows = F.pad(rows, (0, self.in_pad))
-        order, _ = self.contraction_order(rows.shape[0])
+        order, _ = self.contraction_order(shape_hint(rows.shape)[0])
         if self.out_pad:
             y = self.apply_order(rows, order)[:, : self.out_features]
             if self.bias is not None:
@@ -485,7 +486,7 @@ class TTMatrixConv2d(TTCores):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects (N, {self.in_channels}, H, W) input; "
                              f"got {tuple(x.shape)}")
-        kind, (direction, groups), _ = self.contraction_order(tuple(x.shape))
+        kind, (direction, groups), _ = self.contraction_order(shape_hint(x.shape))
         if kind == "dense":
             y = self._conv(x, self._kernel(self._channel_supercores(groups)[0]))
         else:

@@ -21,7 +21,7 @@ from tedepr_fx.decompose.tt import tt_scratch_cores
 from tedepr_fx.formats.base import check_build_rank, check_init
 from tedepr_fx.formats.tt import decompose_tt_matrix, resolve_tt_ranks
 from tedepr_fx.layers.cache import EvalCache
-from tedepr_fx.layers.contraction import choose_order, group_cores, tt_chain_apply
+from tedepr_fx.layers.contraction import choose_order, group_cores, shape_hint, tt_chain_apply
 from tedepr_fx.layers.masked import MaskedMixin
 from tedepr_fx.layers.modes import auto_modes, select_modes
 from tedepr_fx.ranks import RankSpec
@@ -148,14 +148,16 @@ class TTLSTM(EvalCache, MaskedMixin, nn.Module):
     def _map_cores(self, prefix: str) -> list[str]:
         return [n for n in self.prunable if n.startswith(prefix + "_core_")]
 
-    def _tt_map(self, index: int, prefix: str, n_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _tt_map(self, index: int, prefix: str,
+                n_rows: int | torch.SymInt) -> Callable[[torch.Tensor], torch.Tensor]:
         """``rows -> rows @ W`` for one TT map, its super-cores merged once for ``n_rows`` rows.
 
         The merge is reused by every call (the recurrence calls the hidden-to-hidden
         map once per time step) and, in eval mode without autograd, across forwards.
         """
         spec = self.maps[index]
-        (direction, groups), _ = choose_order(n_rows, spec["in_modes"], spec["out_modes"], spec["ranks"])
+        rows_hint = shape_hint((n_rows,))[0]
+        (direction, groups), _ = choose_order(rows_hint, spec["in_modes"], spec["out_modes"], spec["ranks"])
         names = self._map_cores(prefix)
         cores = self.cached(prefix, groups, names, lambda: group_cores([self.masked(n) for n in names], groups))
 

@@ -31,6 +31,7 @@ from tedepr_fx.decompose.tucker import partial_tucker2, tucker2_scratch
 from tedepr_fx.formats.base import check_build_rank, check_init
 from tedepr_fx.formats.tucker import resolve_tucker_ranks
 from tedepr_fx.layers.cache import EvalCache
+from tedepr_fx.layers.contraction import shape_hint
 from tedepr_fx.layers.hf import WeightLayout, check_layout, linear_layout, to_layout, weight_in_out
 from tedepr_fx.layers.masked import (
     DenseWeightView,
@@ -72,7 +73,12 @@ def _order_costs(
 
 
 def _choose(costs: dict[str, int]) -> tuple[str, int]:
-    order = min(costs, key=lambda name: (costs[name], name != "chain"))  # ties: the plain chain
+    # the first cheapest, ties to the plain chain; a loop, not min(key=lambda), which
+    # torch.compile cannot trace (a graph break, then one compiled frame per layer shape)
+    order = "chain"
+    for name, cost in costs.items():
+        if cost < costs[order]:
+            order = name
     return order, costs[order]
 
 
@@ -132,18 +138,18 @@ class _Tucker2Base(EvalCache, DenseWeightView, MaskedMixin, nn.Module):
         # torch.tensordot is unannotated: the results are named to give them their type
         out: torch.Tensor
         if order == "merge_in":
-            out = torch.tensordot(core, u_in, dims=([1], [1])).movedim(-1, 1)
+            out = _in_last_to_second(torch.tensordot(core, u_in, dims=([1], [1])))
             return out
         if order == "merge_out":
             out = torch.tensordot(u_out, core, dims=1)
             return out
         merged: torch.Tensor
         if order == "dense_via_in":
-            merged = torch.tensordot(core, u_in, dims=([1], [1])).movedim(-1, 1)
+            merged = _in_last_to_second(torch.tensordot(core, u_in, dims=([1], [1])))
             out = torch.tensordot(u_out, merged, dims=1)
             return out
         merged = torch.tensordot(u_out, core, dims=1)
-        out = torch.tensordot(merged, u_in, dims=([1], [1])).movedim(-1, 1)
+        out = _in_last_to_second(torch.tensordot(merged, u_in, dims=([1], [1])))
         return out
 
     def _cached_merged(self, order: str) -> torch.Tensor:
@@ -236,7 +242,7 @@ class TuckerLinear(_Tucker2Base):
         return _choose(self.order_costs(input_shape))[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        order = self.choose_order(tuple(x.shape))
+        order = self.choose_order(shape_hint(x.shape))
         if order == "chain":
             h = F.linear(x, self.masked("factor_in").t())
             h = F.linear(h, self.masked("core"))
@@ -363,7 +369,7 @@ class Tucker2Conv2d(_Tucker2Base):
         return self._contract(x)
 
     def _contract(self, x: torch.Tensor) -> torch.Tensor:
-        order = self.choose_order(tuple(x.shape))
+        order = self.choose_order(shape_hint(x.shape))
         if order in ("chain", "merge_out"):
             x = _pointwise(x, self.masked("factor_in").t(), None)
         if order == "chain":
@@ -373,6 +379,12 @@ class Tucker2Conv2d(_Tucker2Base):
         if order == "merge_in":
             return _pointwise(self._spatial(x, merged, None), self.masked("factor_out"), self.bias)
         return self._spatial(x, merged, self.bias)
+
+
+def _in_last_to_second(t: torch.Tensor) -> torch.Tensor:
+    """``(a, *k, in)`` -> ``(a, in, *k)``; a positive dim: the TorchScript ONNX exporter writes
+    ``movedim(-1, 1)`` as a Transpose with a negative permutation, which onnxruntime rejects."""
+    return t.movedim(t.dim() - 1, 1)
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

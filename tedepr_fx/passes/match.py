@@ -11,12 +11,16 @@ is its token embedding) is never split: whatever its rule asks, the decision is
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass
 
+from torch.nn.utils import parametrize
+
 from tedepr_fx.capture import Captured, LayerSite
-from tedepr_fx.errors import LayerError, RuleError
-from tedepr_fx.handlers import type_names
+from tedepr_fx.capture.sites import unsupported_layers
+from tedepr_fx.errors import LayerError, LocatedError, Location, RuleError
+from tedepr_fx.handlers import kinds, type_names
 from tedepr_fx.ranks import RankSpec
 from tedepr_fx.rules import Budget, Rule, RuleSet
 
@@ -62,11 +66,8 @@ def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list
     used: set[str] = set()
     for site in captured.sites:
         module = site.get()
-        names = type_names(module, site.kind)
-        if site.functional:
-            names = names | _FUNCTIONAL_NAMES.get(site.kind.name, frozenset())
+        names, dense_params = selector_inputs(site)
         dense_shape = site.kind.dense_shape(module)
-        dense_params = site.kind.dense_params(module)
         rule = ruleset.first_match(site.name, names, dense_params)
         old_type = ("F." + site.kind.name) if site.functional else type(module).__name__
         if rule is None:
@@ -98,13 +99,75 @@ def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list
             decision.modes = modes if modes in (None, "auto") else (list(modes.in_), list(modes.out))
         decisions.append(decision)
 
-    unused = [r.name for r in ruleset.rules if r.name not in used]
+    unsupported = _unsupported_matches(captured, ruleset)
+    actions = {r.name: r.action for r in ruleset.rules}
+    for rule_name, layers in unsupported.items():
+        if rule_name in used and actions[rule_name] != "keep":
+            warnings.warn(f"rule {rule_name!r} also matches {_listed(layers)}: unsupported layer kind "
+                          f"(supported: {supported_kinds()}); left as it is", UserWarning, stacklevel=3)
+    unused = [(i, r) for i, r in enumerate(ruleset.rules) if r.name not in used]
     if unused:
-        message = f"rule(s) matched no layer: {', '.join(unused)}"
+        why = "; ".join(f"rule {r.name!r} matches only {_listed(unsupported[r.name])}: unsupported layer kind "
+                        f"(supported: {supported_kinds()})" for _, r in unused if r.name in unsupported)
+        message = f"rule(s) matched no layer: {', '.join(r.name for _, r in unused)}" + (f" ({why})" if why else "")
+        located = [LocatedError(ruleset.rule_where(i), f"rules[{i}]",
+                                f"rule {r.name!r} matched no layer; {_nearest(r, captured)}")
+                   for i, r in unused if r.name not in unsupported]
         if strict:
-            raise RuleError(f"{ruleset.source or '<rules>'}: {message}")
-        warnings.warn(message, UserWarning, stacklevel=3)
+            raise RuleError([LocatedError(Location(ruleset.source or "<rules>"), "", message), *located])
+        warnings.warn("\n  ".join([message, *map(str, located)]), UserWarning, stacklevel=3)
     return decisions
+
+
+def _nearest(rule: Rule, captured: Captured) -> str:
+    """Why a rule may have matched nothing: the closest layer names to its name pattern, the
+    layer types present when no layer answers to its type, the sizes when its bounds exclude all."""
+    sites = [(s, *selector_inputs(s)) for s in captured.sites]
+    if not sites:
+        return "the model has no weight-bearing layer"
+    match = rule.match
+    if match.type is not None:
+        wanted = [match.type] if isinstance(match.type, str) else list(match.type)
+        if not any(t in names for _, names, _ in sites for t in wanted):
+            present = sorted({type(s.get()).__name__ for s, _, _ in sites})
+            return f"no layer answers to type {'|'.join(wanted)} (the model's layer types: {', '.join(present)})"
+    pattern = match.name or match.regex
+    if pattern is not None:
+        close = difflib.get_close_matches(pattern, [s.name for s, _, _ in sites], n=3, cutoff=0.3)
+        return ("nearest layer names: " + ", ".join(close)) if close else "no layer name is close to its pattern"
+    sizes = sorted(n for _, _, n in sites)
+    return f"no layer within its size bounds (the layers hold {sizes[0]:,} to {sizes[-1]:,} weights)"
+
+
+def _unsupported_matches(captured: Captured, ruleset: RuleSet) -> dict[str, list[str]]:
+    """For each rule, the layers of an unsupported kind it would be the first to match."""
+    found: dict[str, list[str]] = {}
+    for name, module in unsupported_layers(captured.module, captured.sites):
+        weight = module._parameters["weight"]
+        numel = weight.numel() if weight is not None else 0
+        rule = ruleset.first_match(name, type_names(module), numel)
+        if rule is not None:
+            found.setdefault(rule.name, []).append(f"{name!r} ({type(module).__name__})")
+    return found
+
+
+def supported_kinds() -> str:
+    """The registered layer kinds, for messages about layers of another kind."""
+    return ", ".join(sorted(k.name for k in kinds()))
+
+
+def _listed(layers: list[str]) -> str:
+    return ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+
+
+def selector_inputs(site: LayerSite) -> tuple[frozenset[str], int]:
+    """What a rule's ``match`` sees of a site besides its name: the type names it answers
+    to and its dense weight count."""
+    module = site.get()
+    names = frozenset(type_names(module, site.kind))
+    if site.functional:
+        names = names | _FUNCTIONAL_NAMES.get(site.kind.name, frozenset())
+    return names, site.kind.dense_params(module)
 
 
 def tied_text(site: LayerSite) -> str:
@@ -124,3 +187,11 @@ def _check_applicable(site: LayerSite, rule: Rule) -> None:
         )
     if rule.action == "prune" and site.kind.masked is None:
         raise LayerError(site.name, f"{site.kind.name} layers cannot be pruned", rule.name)
+    module = site.get()
+    if rule.action == "prune" and parametrize.is_parametrized(module):
+        tensors = ", ".join(getattr(module, "parametrizations", {}))
+        raise LayerError(
+            site.name, f"its {tensors} is parametrized (torch.nn.utils.parametrize: weight_norm, "
+            "spectral_norm, ...), so a mask cannot be put on the tensor it computes with; remove the "
+            f"parametrization first (torch.nn.utils.parametrize.remove_parametrizations(layer, {tensors!r})) "
+            "or factorize the layer instead", rule.name)

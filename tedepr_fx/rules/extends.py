@@ -28,7 +28,11 @@ def resolve_extends(doc: Document, base_dir: Path, chain: tuple[Path, ...] = ())
     if not isinstance(target, str) or not target.strip():
         doc.errors.append(doc.error(("extends",), f"must be the path of a rule file; got {target!r}"))
         return doc
-    path = (base_dir / target).resolve()
+    try:
+        path = (base_dir / target).resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
+        doc.errors.append(doc.error(("extends",), f"base file {target!r} cannot be resolved ({error})"))
+        return doc
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
         doc.errors.append(doc.error(("extends",), f"extends chain is cyclic: {cycle}"))

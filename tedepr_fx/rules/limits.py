@@ -1,5 +1,7 @@
 """The size limits of a rule document, one defence per hazard.
 
+* **Size of a file** (:data:`MAX_BYTES`): only regular files are read, and one larger than
+  this is refused before it is read (``yaml_source.read_text``).
 * **Length** (:func:`check_length`): PyYAML's pure-Python scanner is slow on huge
   inputs, so text longer than :data:`MAX_CHARS` is refused before it is scanned.
 * **Expansion, nesting and recursion** (:func:`check_events`): one pass over the
@@ -24,6 +26,7 @@ import yaml
 from tedepr_fx.errors import LocatedError, Location, RuleError
 
 MAX_CHARS = 1_000_000  # rule files are a few kB
+MAX_BYTES = 4 * MAX_CHARS  # a file is refused above this size before it is read (UTF-8: <= 4 bytes a character)
 MAX_NODES = 100_000  # values a document may expand to; shipped files hold a few hundred
 MAX_DEPTH = 64  # nesting depth of mappings and lists
 

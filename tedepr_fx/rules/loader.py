@@ -113,6 +113,7 @@ def _validate(doc: Document, source: str | None) -> RuleSet:
     if errors:
         raise RuleError(sorted(errors, key=_in_file_order))
     ruleset._source = source
+    ruleset._rule_locations = [doc.where(("rules", i)) for i in range(len(ruleset.rules))]
     return ruleset
 
 

@@ -16,7 +16,6 @@ This module imports neither torch nor anything that does.
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, Union, cast
@@ -37,6 +36,7 @@ from pydantic_core import PydanticCustomError
 from tedepr_fx.errors import LocatedError, Location, RuleError
 from tedepr_fx.names import FORMATS, FormatEntry, ScorerName
 from tedepr_fx.ranks import RANK_HELP, RankSpec, check_rank_spec
+from tedepr_fx.rules.regex import NameMatcher, compile_rule_regex
 from tedepr_fx.rules.scoring import Scoring
 from tedepr_fx.rules.strict import StrictModel as _Model
 
@@ -102,6 +102,10 @@ class Budget(_Model):
     min_kept: int = Field(
         0, ge=0, description="At least this many entries kept in each layer of the rule, whatever the ranking "
         "(capped at what the layer stores); they count towards the shared budget.")
+    flops: float | None = Field(
+        None, gt=0.0, le=1.0, description="Most FLOPs a factorized layer may cost, as a share of its dense "
+        "layer's FLOPs at the example input, in (0, 1]; rank: auto picks the largest rank within it, and a "
+        "given rank above it is an error. Pruned layers keep their dense FLOPs and are not bounded by it.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
@@ -142,7 +146,7 @@ class Match(_Model):
     min_params: int | None = Field(None, ge=0, description="Least dense weight count.")
     max_params: int | None = Field(None, ge=0, description="Largest dense weight count.")
 
-    _pattern: re.Pattern[str] | None = PrivateAttr(None)
+    _pattern: NameMatcher | None = PrivateAttr(None)  # RE2: linear time in the name's length
 
     @field_validator("type")
     @classmethod
@@ -160,12 +164,10 @@ class Match(_Model):
     def _check_regex(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as error:
-                raise PydanticCustomError(
-                    "regex", "is not a valid regular expression ({reason}); got {got}",
-                    {"reason": str(error), "got": repr(value)},
-                ) from None
+                compile_rule_regex(value)
+            except ValueError as error:
+                raise PydanticCustomError("regex", "{reason}; got {got}",
+                                          {"reason": str(error), "got": repr(value)}) from None
         return value
 
     @model_validator(mode="after")
@@ -180,7 +182,7 @@ class Match(_Model):
             raise PydanticCustomError(
                 "selector", "min_params ({lo}) is larger than max_params ({hi})",
                 {"lo": self.min_params, "hi": self.max_params, "at": [("max_params",)]})
-        self._pattern = re.compile(self.regex) if self.regex is not None else None
+        self._pattern = compile_rule_regex(self.regex) if self.regex is not None else None
         return self
 
     def accepts(self, name: str, type_names: Collection[str], dense_params: int) -> bool:
@@ -365,6 +367,7 @@ class RuleSet(_Model):
     rules: list[Rule] = Field(min_length=1, description="Tried in order; the first match decides.")
 
     _source: str | None = PrivateAttr(None)
+    _rule_locations: list[Location] = PrivateAttr(default_factory=list)  # where each rule is written
 
     @model_validator(mode="before")
     @classmethod
@@ -385,6 +388,44 @@ class RuleSet(_Model):
                 first[name] = i
             marked.append(rule)
         return {**data, "rules": marked}
+
+    @model_validator(mode="after")
+    def _floors_within_budgets(self) -> RuleSet:
+        # A budget is shared by the rules that use it (defaults.budget by every rule without its
+        # own). Where all of them count the floor and the share against the same entries (pruned
+        # dense weights, or ``of: factors``), a floor above the share keeps more than the budget
+        # whatever the scores. Where a factorized layer under ``of: dense`` shares it, its factors
+        # are floored against a share of its dense weight: the floors win only where they exceed
+        # the pooled budget, with a warning and a report note.
+        groups: dict[int | None, list[Rule]] = {}  # by the index of the rule owning the budget
+        for i, rule in enumerate(self.rules):
+            if rule.action != "keep" and rule.effective_budget(self.defaults) is not None:
+                groups.setdefault(i if rule.budget is not None else None, []).append(rule)
+        for owner, rules in groups.items():
+            budget = rules[0].effective_budget(self.defaults)
+            if (budget is None or "min_density" not in budget.model_fields_set
+                    or budget.min_density <= budget.target_density
+                    or any(r.action == "factorize" and budget.of == "dense" for r in rules)):
+                continue
+            at = ("rules", owner, "budget", "min_density") if owner is not None else (
+                "defaults", "budget", "min_density")
+            raise PydanticCustomError(
+                "min_density", "min_density {floor} is larger than the budget's density {density}, which "
+                "rule(s) {rules} share: every layer would keep more than its budget; lower min_density "
+                "or raise the density", {"floor": budget.min_density, "density": round(budget.target_density, 6),
+                                         "rules": ", ".join(f"'{r.name}' ({r.action})" for r in rules),
+                                         "at": [at]})
+        return self
+
+    def rule_where(self, index: int) -> Location:
+        """Where rule ``index`` is written (the file alone when unknown)."""
+        if index < len(self._rule_locations):
+            return self._rule_locations[index]
+        return Location(self._source or "<rules>")
+
+    def rule_location(self, index: int) -> str:
+        """``file:line:column`` where rule ``index`` is written (the file alone when unknown)."""
+        return str(self.rule_where(index))
 
     @property
     def source(self) -> str | None:
@@ -440,4 +481,5 @@ class RuleSet(_Model):
             raise RuleError([LocatedError(Location(where), ".".join(map(str, e["loc"])), e["msg"])
                              for e in error.errors()]) from None
         copy._source = self._source
+        copy._rule_locations = list(self._rule_locations)
         return copy

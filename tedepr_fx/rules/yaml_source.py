@@ -10,14 +10,17 @@ unsupported tags.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.reader import ReaderError
 
 from tedepr_fx.errors import LocatedError, Location, RuleError
 from tedepr_fx.rules.document import Document, KeyPath, format_path
-from tedepr_fx.rules.limits import check_events, check_length, mark_location
+from tedepr_fx.rules.limits import MAX_BYTES, check_events, check_length, mark_location
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -25,17 +28,55 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 
 
 def read_text(path: Path) -> str:
-    """The UTF-8 text of a rule file; :class:`RuleError` naming the file if it cannot be read."""
+    """The UTF-8 text of a rule file; :class:`RuleError` naming the file if it cannot be read.
+
+    Reading is bounded: only a regular file is read (a FIFO would block forever, a device
+    such as ``/dev/zero`` never ends), and one larger than :data:`MAX_BYTES` is refused
+    before a byte is read. The file is opened without blocking and checked through its
+    descriptor, so what is checked is what is read.
+    """
+    def refuse(message: str) -> RuleError:
+        return RuleError(LocatedError(Location(str(path)), "", message))
+
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise RuleError(LocatedError(Location(str(path)), "", "no such file")) from None
+        raise refuse("no such file") from None
     except IsADirectoryError:
-        raise RuleError(LocatedError(Location(str(path)), "", "is a directory, not a rule file")) from None
-    except UnicodeDecodeError as error:
-        raise RuleError(LocatedError(Location(str(path)), "", f"is not UTF-8 text ({error.reason})")) from None
+        raise refuse("is a directory, not a rule file") from None
     except OSError as error:
-        raise RuleError(LocatedError(Location(str(path)), "", f"cannot be read: {error.strerror}")) from None
+        raise refuse(f"cannot be read: {error.strerror or error}") from None
+    info = os.fstat(fd)
+    problem = ("is a directory, not a rule file" if stat.S_ISDIR(info.st_mode)
+               else f"is not a regular file ({_kind(info.st_mode)}); a rule file must be one"
+               if not stat.S_ISREG(info.st_mode)
+               else f"{info.st_size} bytes is too large for a rule file (at most {MAX_BYTES}); refused"
+               if info.st_size > MAX_BYTES else "")
+    if problem:
+        os.close(fd)
+        raise refuse(problem)
+    with os.fdopen(fd, "rb") as file:
+        try:
+            data = file.read(MAX_BYTES + 1)
+        except OSError as error:
+            raise refuse(f"cannot be read: {error.strerror or error}") from None
+    if len(data) > MAX_BYTES:  # it grew after the check
+        raise refuse(f"is too large for a rule file (more than {MAX_BYTES} bytes); refused")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise RuleError(LocatedError(Location(str(path), line, column), "",
+                                     f"is not UTF-8 text ({error.reason})")) from None
+
+
+def _kind(mode: int) -> str:
+    for test, words in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "not a plain file"
 
 
 def parse_yaml(text: str, file: str = "<string>") -> Document:
@@ -48,15 +89,20 @@ def parse_yaml(text: str, file: str = "<string>") -> Document:
         Problems of single values (duplicate keys, tags) are collected in ``errors``.
     """
     check_length(text, file)
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
         try:
             check_events(text, file)
+            loader = yaml.SafeLoader(text)
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             where = mark_location(file, mark) if mark else Location(file)
             raise RuleError(LocatedError(where, "", f"invalid YAML: {_problem(error)}")) from None
+        except ReaderError as error:  # a NUL byte or another control character
+            raise RuleError(LocatedError(_offset_location(text, file, error.position), "",
+                                         f"invalid YAML: character U+{error.character:04X} is not allowed "
+                                         "in YAML text (a binary file?)")) from None
         except yaml.YAMLError as error:
             raise RuleError(LocatedError(Location(file), "", f"invalid YAML: {error}")) from None
         doc = Document(None, file)
@@ -67,7 +113,13 @@ def parse_yaml(text: str, file: str = "<string>") -> Document:
         doc.data = _Builder(loader, doc).build(node, ())
         return doc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _offset_location(text: str, file: str, offset: int) -> Location:
+    """The 1-based line and column of character ``offset`` of ``text``."""
+    return Location(file, text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1)
 
 
 def _problem(error: yaml.YAMLError) -> str:

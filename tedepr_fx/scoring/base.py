@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from tedepr_fx.errors import DataError
 from tedepr_fx.layers.masked import iter_masked
 from tedepr_fx.rules.scoring import ScorerOptions
+from tedepr_fx.seeding import seeded
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Tensor, Any], Tensor]
@@ -212,8 +213,7 @@ class Scorer:
                    output_fn or default_output_fn, example_inputs, density, where)
         # fork the RNG so that dropout during scoring is seeded and the caller's stream is untouched
         cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-        with _preserved(model), torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed, cuda), _preserved(model):
             scores = self._score(run)
         if self.needs_data:
             check_not_all_zero(scores, f"{where}scorer {self.name!r} gave every entry a score of zero")
@@ -300,18 +300,38 @@ class _Run:
         """``loss_fn(output_fn(model(inputs)) / scale, targets)`` with substituted tensors."""
         inputs, labels = batch
         out = self.output_fn(self.forward(inputs, masks, params))
+        if not isinstance(out, Tensor):
+            raise DataError(f"{self.where}output_fn returned {type(out).__name__}, not a tensor to take "
+                            "the loss of; pass output_fn=callable(outputs) -> Tensor")
         try:
             loss = self.loss_fn(out / scale if scale != 1.0 else out, labels)
-        except (RuntimeError, ValueError, IndexError) as error:
-            if not (isinstance(out, Tensor) and out.dim() == 3):
-                raise
-            raise DataError(
-                f"{self.where}the loss failed on outputs of shape {tuple(out.shape)} (a sequence model?): "
-                f"{error}; say which loss in the rules (scoring.loss: causal_lm, masked_lm or "
-                "classification) or pass loss_fn=") from error
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            raise DataError(self._loss_failure(batch, out, labels, error)) from error
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise DataError(f"{self.where}loss_fn must return a scalar tensor; got {loss!r}")
         return loss.reshape(())
+
+
+    def _loss_failure(self, batch: Batch, out: Tensor, labels: Any, error: BaseException) -> str:
+        """Why the loss failed on ``batch``, in words: which batch, what the default loss
+        expects, and how to pass another."""
+        index = next((i for i, b in enumerate(self.batches) if b is batch), None)
+        which = f"data batch {index}" if index is not None else "a batch"
+        got = (f"targets of shape {tuple(labels.shape)} and dtype {labels.dtype}" if isinstance(labels, Tensor)
+               else f"targets {type(labels).__name__}")
+        what = f"{self.where}the loss failed on {which} (outputs of shape {tuple(out.shape)}, {got}): " \
+               f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if out.dim() == 3:
+            return (f"{what}; a sequence model? say which loss in the rules (scoring.loss: causal_lm, "
+                    "masked_lm or classification) or pass loss_fn=")
+        if self.loss_fn is F.cross_entropy:
+            classes = out.shape[1] if out.dim() > 1 else "C"
+            return (f"{what}; the default loss is cross-entropy, which expects integer (long) class "
+                    f"indices of shape ({out.shape[0]},) in [0, {classes}), one per output row (or float "
+                    "class probabilities of the outputs' shape); fix the targets, or pass "
+                    "loss_fn=callable(outputs, targets) -> scalar (or 'classification', 'causal_lm', "
+                    "'masked_lm')")
+        return f"{what}; check the targets against loss_fn, or pass another loss_fn"
 
 
 @contextmanager

@@ -1,0 +1,200 @@
+"""Inference kernels per layer: keep the factor chain, multiply by the rebuilt dense weight, or
+by a sparse (CSR) copy of it, whichever is cheapest for the batch size that will be served.
+
+After training, a TEDEPR layer is a product of masked factors. At inference that product
+can run three ways:
+
+* ``chain``: the layer as it is (the factor chain, or a masked dense weight);
+* ``dense``: one ``F.linear`` with the effective weight rebuilt once (:class:`FrozenLinear`);
+* ``csr``: one sparse-times-dense product with the effective weight in CSR form
+  (:class:`SparseLinear`), which pays for itself below a density that depends on the
+  batch: measured on a 2-core x86 CPU, one thread, CSR beat the dense product below
+  density ~0.05 at batch 1 and ~0.2 at batch 128 (``docs/benchmarks/speed.md``).
+
+:func:`choose_kernels` picks per layer, either by measuring the candidates on the layer's
+recorded input shape with the batch dimension set to ``batch_size`` (``how="measure"``:
+interleaved repeats, median time) or by the density threshold alone (``how="density"``,
+deterministic). The outputs agree with the chain within float rounding (a different
+summation order). Only linear layers (``nn.Linear`` / Hugging Face ``Conv1D`` layouts) get
+the dense and CSR candidates; the chosen kernels are for inference: they hold buffers, not
+parameters, and are not trained.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tedepr_fx.layers.masked import MaskedLinear, MaskedTransposedLinear
+from tedepr_fx.layers.tt import TTMatrixLinear
+from tedepr_fx.layers.tucker import TuckerLinear
+
+LINEAR_KINDS = (TTMatrixLinear, TuckerLinear, MaskedLinear, MaskedTransposedLinear)
+
+
+def csr_crossover(batch_size: int) -> float:
+    """The density below which the CSR product is modelled to beat the dense one at this batch
+    size: 0.05 at batch 1 rising (log-linearly) to 0.2 at batch 128 and beyond."""
+    import math
+
+    b = min(max(batch_size, 1), 128)
+    return 0.05 + (0.2 - 0.05) * math.log(b) / math.log(128)
+
+
+class FrozenLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` the layer's effective weight, rebuilt once (a buffer)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("weight", weight.detach().clone().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=dense"
+
+
+class SparseLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` held in CSR form: ``(W x^T)^T`` by a sparse-dense product."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.nnz = int((weight != 0).sum())
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.register_buffer("weight", weight.detach().to_sparse_csr())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, self.in_features)
+        y: torch.Tensor = torch.sparse.mm(cast(torch.Tensor, self.weight), rows.t()).t()
+        bias = cast("torch.Tensor | None", self.bias)
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        density = self.nnz / (self.in_features * self.out_features)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} "
+                f"(density {density:.4f}), kernel=csr")
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """What :func:`choose_kernels` decided for one layer, and why."""
+
+    layer: str
+    kernel: str  # "chain" | "dense" | "csr"
+    density: float  # nonzero share of the effective weight
+    seconds: dict[str, float]  # measured median per candidate (empty for how="density")
+
+    def __str__(self) -> str:
+        times = ", ".join(f"{k} {1e6 * v:.1f} us" for k, v in self.seconds.items())
+        return f"{self.layer}: {self.kernel} (density {self.density:.4f}{'; ' + times if times else ''})"
+
+
+def effective_linear(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's effective ``(out, in)`` weight (pruned entries 0) and its bias."""
+    with torch.no_grad():
+        weight = cast(torch.Tensor, module.to_dense())  # type: ignore[operator]
+        if getattr(module, "weight_layout", "linear") == "conv1d" or isinstance(module, MaskedTransposedLinear):
+            weight = weight.t()
+        bias = getattr(module, "bias", None)
+        return weight.contiguous(), bias if isinstance(bias, torch.Tensor) else None
+
+
+def choose_kernels(model: nn.Module, batch_size: int = 1, *, how: str = "measure", reps: int = 25,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[KernelChoice]:
+    """Swap each linear TEDEPR layer of ``model`` (in place) for its fastest inference kernel.
+
+    ``how="measure"`` times chain, dense and CSR on a random input of the layer's recorded
+    input shape (``input_shapes``, or the transform's record) with ``batch_size`` rows;
+    ``how="density"`` takes CSR below :func:`csr_crossover` and keeps the chain otherwise.
+    Returns one :class:`KernelChoice` per layer considered, in model order.
+    """
+    if how not in ("measure", "density"):
+        raise ValueError(f"how must be 'measure' or 'density'; got {how!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    shapes = dict(input_shapes or _recorded_shapes(model))
+    choices = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, LINEAR_KINDS) or not name:
+            continue
+        weight, bias = effective_linear(module)
+        density = float((weight != 0).sum()) / weight.numel()
+        candidates: dict[str, nn.Module] = {"chain": module, "dense": FrozenLinear(weight, bias)}
+        if density < 1.0:
+            candidates["csr"] = SparseLinear(weight, bias)
+        seconds: dict[str, float] = {}
+        if how == "density":
+            kernel = "csr" if density < csr_crossover(batch_size) else "chain"
+        else:
+            shape = shapes.get(name)
+            features = (weight.shape[1],) if shape is None else tuple(shape[1:])
+            x = torch.randn(batch_size, *features, dtype=weight.dtype, device=weight.device)
+            seconds = _measure(candidates, x, reps)
+            kernel = min(seconds, key=lambda k: seconds[k])
+        if kernel != "chain":
+            new = candidates[kernel]
+            new.train(False)
+            _replace(model, name, new)
+        choices.append(KernelChoice(name, kernel, density, seconds))
+    return choices
+
+
+def _measure(candidates: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, float]:
+    def call(module: nn.Module) -> Callable[[], Any]:
+        return lambda: module(x)
+
+    runs = {k: call(m) for k, m in candidates.items()}
+    samples: dict[str, list[float]] = {k: [] for k in runs}
+    modes = {k: m.training for k, m in candidates.items()}
+    for m in candidates.values():
+        m.eval()
+    try:
+        with torch.no_grad():
+            for run in runs.values():
+                run()
+                run()
+            for _ in range(reps):
+                for k, run in runs.items():
+                    t0 = time.perf_counter()
+                    run()
+                    samples[k].append(time.perf_counter() - t0)
+    finally:
+        for k, m in candidates.items():
+            m.train(modes[k])
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _recorded_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Each rewritten layer's input shape, from the transform's record (by module path)."""
+    from tedepr_fx.record import RECORD_ATTR
+
+    rewrite = getattr(model, RECORD_ATTR, None)
+    records = getattr(rewrite, "records", [])
+    return {r.path: tuple(r.input_shape) for r in records if r.path and r.input_shape}
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    from tedepr_fx.deploy import _set_child
+
+    parent, _, attr = name.rpartition(".")
+    _set_child(root.get_submodule(parent) if parent else root, attr, new)
