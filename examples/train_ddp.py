@@ -1,7 +1,8 @@
-"""Train a TEDEPR-transformed model on several processes with DistributedDataParallel.
+"""Train a TEDEPR-transformed model on several processes with DistributedDataParallel or FSDP2.
 
     torchrun --nproc_per_node 2 examples/train_ddp.py --steps 50 --out runs/ddp
     torchrun --nproc_per_node 2 examples/train_ddp.py --steps 80 --out runs/ddp --resume
+    torchrun --nproc_per_node 2 examples/train_ddp.py --steps 50 --out runs/fsdp --fsdp
 
 Every rank builds the same dense model (same seed) and transforms it once with its own
 scoring batches: ``transform`` averages the scores over the ranks before allocating, so
@@ -11,6 +12,12 @@ checkpoints (``tedepr_fx.save``: kept values and packed masks, no pickle) plus t
 optimizer's state; ``--resume`` rebuilds the model from the checkpoint onto a fresh dense
 model (``tedepr_fx.load(path, model=...)``) and goes on from the saved step, at the
 same place in the same epoch, so that a resumed run ends where an uninterrupted one does.
+
+With ``--fsdp`` the model is sharded with FSDP2 (``fully_shard`` on every TEDEPR layer, then on
+the root) instead of DDP: parameters (the factors) are sharded, the boolean masks are buffers
+and stay whole on every rank, and the forward all-gathers each layer's factors before its
+masks select from them. Rank 0's checkpoint is written from an unsharded copy built the same
+way, into which every rank's ``full_tensor()`` of each parameter is gathered.
 
 At the end each rank writes ``rank<N>.json`` to ``--out``: a hash of its masks and of its
 parameters, and how many pruned entries are nonzero in the effective weights (always 0),
@@ -23,11 +30,13 @@ inputs; policy: ``rules/lenet.yaml`` at ``--sparsity``.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -69,8 +78,17 @@ def effective_parameters(model: nn.Module) -> list[torch.Tensor]:
     for module in model.modules():
         prunable = module.prunable if isinstance(module, MaskedMixin) else ()
         for name, param in module.named_parameters(recurse=False):
-            out.append(module.masked(name) if name in prunable else param)  # type: ignore[union-attr]
+            value = full(param).detach()
+            if name in prunable:
+                value = torch.where(module.get_mask(name), value, value.new_zeros(()))  # type: ignore[union-attr]
+            out.append(value)
     return out
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A parameter as one whole tensor (an FSDP2 shard is gathered from every rank)."""
+    gather = getattr(t, "full_tensor", None)
+    return gather() if callable(gather) else t
 
 
 def summary(model: nn.Module, step: int) -> dict[str, object]:
@@ -80,9 +98,30 @@ def summary(model: nn.Module, step: int) -> dict[str, object]:
         for name in layer.prunable:
             mask = layer.get_mask(name)
             masks.append(mask.to(torch.uint8))
-            alive += int((layer.masked(name).detach()[~mask.bool()] != 0).sum())
-    return {"step": step, "masks": digest(masks), "params": digest(effective_parameters(model)),
+            value = full(getattr(layer, name)).detach()
+            alive += int((torch.where(mask, value, value.new_zeros(()))[~mask.bool()] != 0).sum())
+    params = effective_parameters(model)
+    return {"step": step, "masks": digest(masks), "params": digest(params),
+            "abs_sum": round(float(sum(p.double().abs().sum() for p in params)), 6),
             "kept": sum(int(m.sum()) for m in masks), "pruned_nonzero": alive}
+
+
+def checkpoint(model: nn.Module, plain: nn.Module | None, optimizer: torch.optim.Optimizer, step: int,
+               out: Path, rank: int, fsdp: bool) -> None:
+    """Rank 0 writes the compact model file and the optimizer state (under FSDP2 every rank takes
+    part in gathering the parameters; the optimizer state is then not saved: it is sharded)."""
+    if fsdp:
+        whole = [full(p).detach() for p in model.parameters()]  # a collective: every rank calls it
+        if rank == 0 and plain is not None:
+            with torch.no_grad():
+                for target, value in zip(plain.parameters(), whole):
+                    target.copy_(value)
+            tedepr_fx.save(plain, out / CHECKPOINT)
+            torch.save({"step": step, "optimizer": None}, out / OPTIMIZER)
+        return
+    if rank == 0:
+        tedepr_fx.save(model, out / CHECKPOINT)
+        torch.save({"step": step, "optimizer": optimizer.state_dict()}, out / OPTIMIZER)
 
 
 def main() -> None:
@@ -93,6 +132,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.99)
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")
     parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -120,9 +160,18 @@ def main() -> None:
             x, y = data.train[index]
             model = tedepr_fx.transform(dense_model(), rules, data=[(x, y)], seed=0, verbose=False)
     model.to(device)
-    ddp = DistributedDataParallel(model)
+    plain = copy.deepcopy(model) if args.fsdp and rank == 0 else None  # the checkpoint's unsharded twin
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for _, layer in masked_layers(model):
+            fully_shard(cast(nn.Module, layer))
+        fully_shard(model)
+        ddp: nn.Module = model
+    else:
+        ddp = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
-    if args.resume:
+    if args.resume and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
 
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=0)
@@ -140,9 +189,8 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             step += 1
-            if rank == 0 and (step % args.save_every == 0 or step == args.steps):
-                tedepr_fx.save(model, out / CHECKPOINT)
-                torch.save({"step": step, "optimizer": optimizer.state_dict()}, out / OPTIMIZER)
+            if step % args.save_every == 0 or step == args.steps:
+                checkpoint(model, plain, optimizer, step, out, rank, args.fsdp)
         epoch, done = epoch + 1, 0
     (out / f"rank{rank}.json").write_text(json.dumps(summary(model, step), indent=2) + "\n")
     dist.barrier()

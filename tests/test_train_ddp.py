@@ -1,6 +1,6 @@
 """examples/train_ddp.py under torchrun with 2 CPU processes (gloo): identical masks and
-parameters on every rank, pruned entries still zero, and a resumed run ends where an
-uninterrupted one does."""
+parameters on every rank, pruned entries still zero, a resumed run ends where an
+uninterrupted one does, and FSDP2 (fully_shard) trains to the same parameters as DDP."""
 
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def test_ranks_agree_pruned_entries_stay_zero_and_resuming_matches_an_uninterrup
 
     straight = _torchrun(tmp_path / "straight", 10)
     assert straight[0]["params"] == resumed[0]["params"]
+
+
+def test_fsdp2_shards_the_factors_and_trains_like_ddp(tmp_path: Path) -> None:
+    ddp = _torchrun(tmp_path / "ddp", 6)
+    fsdp = _torchrun(tmp_path / "fsdp", 6, "--fsdp")
+    assert fsdp[0] == fsdp[1]
+    assert fsdp[0]["pruned_nonzero"] == 0 and fsdp[0]["masks"] == ddp[0]["masks"]
+    # the same SGD steps on the same shards: equal up to the order of the gradient reductions
+    assert fsdp[0]["abs_sum"] == pytest.approx(ddp[0]["abs_sum"], rel=1e-5)
+    assert (tmp_path / "fsdp" / "checkpoint.safetensors").exists()
