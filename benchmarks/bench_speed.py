@@ -7,9 +7,10 @@ turn, so a burst of load from elsewhere hits them alike):
 * ``dense``: the model as built;
 * ``tedepr``: ``tedepr_fx.transform(model, policy)`` as shipped;
 * ``tedepr baked``: ``tedepr_fx.bake(model)`` of it (masks folded into the factors);
-* ``tedepr kernels``: the baked model with each linear layer's inference kernel chosen by
+* ``tedepr kernels``: the baked model with each layer's inference kernel chosen by
   measurement for the batch size being timed (``tedepr_fx.kernels.choose_kernels``: factor
-  chain, rebuilt dense weight, or CSR); inference only;
+  chain, rebuilt dense weight, or CSR for linear layers; chain or rebuilt ``nn.Conv2d`` for
+  convolutions); inference only; the note counts the layers per kernel;
 * ``synflow peer``: the dense model pruned by SynFlow to the same sparsity on its dense
   weights (every weight-bearing layer, one global budget): the usual pruning-at-initialization
   result, masks multiplied in.
@@ -126,7 +127,9 @@ def timed(models: dict[str, nn.Module], shape: torch.Size, reps: int) -> dict[st
     for key, x in (("infer b1", x1), ("infer b128", x128)):
         chosen = tedepr_fx.bake(models["tedepr baked"])
         kernels = choose_kernels(chosen, x.shape[0])
-        out["tedepr kernels"][f"{key} kernels"] = " ".join(f"{c.layer}:{c.kernel}" for c in kernels)  # type: ignore[assignment]
+        counts = {k: sum(c.kernel == k for c in kernels) for k in ("chain", "dense", "csr")}
+        out["tedepr kernels"][f"{key} kernels"] = ", ".join(  # type: ignore[assignment]
+            f"{k} {n}" for k, n in counts.items() if n)
         at = {**models, "tedepr kernels": chosen.eval()}
         samples = interleaved_samples({n: infer(m, x) for n, m in at.items()}, reps)
         for n, s in samples.items():

@@ -15,9 +15,10 @@ can run three ways:
 recorded input shape with the batch dimension set to ``batch_size`` (``how="measure"``:
 interleaved repeats, median time) or by the density threshold alone (``how="density"``,
 deterministic). The outputs agree with the chain within float rounding (a different
-summation order). Only linear layers (``nn.Linear`` / Hugging Face ``Conv1D`` layouts) get
-the dense and CSR candidates; the chosen kernels are for inference: they hold buffers, not
-parameters, and are not trained.
+summation order). Linear layers (``nn.Linear`` / Hugging Face ``Conv1D`` layouts) get the
+dense and CSR candidates; 2-d convolutions and LSTMs the dense one (an ``nn.Conv2d`` with
+the rebuilt kernel, an ``nn.LSTM`` with the rebuilt gate weights; measured only, as it
+needs the layer's input shape). The chosen kernels are for inference: they are not trained.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tedepr_fx.layers.masked import MaskedLinear, MaskedTransposedLinear
-from tedepr_fx.layers.tt import TTMatrixLinear
-from tedepr_fx.layers.tucker import TuckerLinear
+from tedepr_fx.layers.masked import MaskedConv2d, MaskedLinear, MaskedTransposedLinear
+from tedepr_fx.layers.masked_lstm import MaskedLSTM
+from tedepr_fx.layers.tt import TTMatrixConv2d, TTMatrixLinear
+from tedepr_fx.layers.tt_lstm import TTLSTM
+from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear
 
 LINEAR_KINDS = (TTMatrixLinear, TuckerLinear, MaskedLinear, MaskedTransposedLinear)
+# measured against the equivalent dense torch layer only (nn.Conv2d, nn.LSTM): they need the input shape
+DENSE_ONLY_KINDS = (TTMatrixConv2d, Tucker2Conv2d, MaskedConv2d, TTLSTM, MaskedLSTM)
 
 
 def csr_crossover(batch_size: int) -> float:
@@ -135,6 +140,9 @@ def choose_kernels(model: nn.Module, batch_size: int = 1, *, how: str = "measure
     shapes = dict(input_shapes or _recorded_shapes(model))
     choices = []
     for name, module in list(model.named_modules()):
+        if isinstance(module, DENSE_ONLY_KINDS) and name and how == "measure" and name in shapes:
+            choices.append(_choose_dense(model, name, module, batch_size, shapes[name], reps))
+            continue
         if not isinstance(module, LINEAR_KINDS) or not name:
             continue
         weight, bias = effective_linear(module)
@@ -157,6 +165,28 @@ def choose_kernels(model: nn.Module, batch_size: int = 1, *, how: str = "measure
             _replace(model, name, new)
         choices.append(KernelChoice(name, kernel, density, seconds))
     return choices
+
+
+def _choose_dense(model: nn.Module, name: str, module: nn.Module, batch_size: int, shape: tuple[int, ...],
+                  reps: int) -> KernelChoice:
+    """The factor chain or the dense torch layer holding the rebuilt weights (``nn.Conv2d``,
+    ``nn.LSTM``), whichever runs faster on ``batch_size`` inputs of the recorded shape."""
+    from tedepr_fx.deploy import _dense_layer
+
+    dense = _dense_layer(name, module)
+    for p in dense.parameters():
+        p.requires_grad_(False)
+    weights = [p for n, p in dense.named_parameters() if n.startswith("weight")]
+    density = float(sum(int((w != 0).sum()) for w in weights)) / sum(w.numel() for w in weights)
+    batch_first = getattr(module, "batch_first", True)
+    sizes = (batch_size, *shape[1:]) if batch_first or len(shape) < 3 else (shape[0], batch_size, *shape[2:])
+    x = torch.randn(*sizes, dtype=weights[0].dtype, device=weights[0].device)
+    seconds = _measure({"chain": module, "dense": dense}, x, reps)
+    kernel = min(seconds, key=lambda k: seconds[k])
+    if kernel == "dense":
+        dense.train(False)
+        _replace(model, name, dense)
+    return KernelChoice(name, kernel, density, seconds)
 
 
 def _measure(candidates: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, float]:

@@ -83,3 +83,41 @@ def test_bake_chooses_kernels_when_asked(sparse: str) -> None:
     assert any(isinstance(m, (FrozenLinear, SparseLinear)) for m in fast.modules()) or sparse == "density"
     with pytest.raises(ValueError, match="sparse must be"):
         tedepr_fx.bake(model, sparse="csr")
+
+
+def test_convolutions_get_the_chain_or_a_rebuilt_conv2d_with_the_same_outputs() -> None:
+    from tedepr_fx.models import lenet5
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tedepr_fx.transform(lenet5(), "rules/lenet5.yaml", verbose=False).eval()
+    fast = tedepr_fx.bake(model)
+    choices = {c.layer: c for c in choose_kernels(fast, 8, reps=3)}
+    assert set(choices) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+    for name in ("conv1", "conv2"):
+        assert set(choices[name].seconds) == {"chain", "dense"}
+        layer = fast.get_submodule(name)
+        assert (type(layer) is nn.Conv2d) == (choices[name].kernel == "dense")
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_an_lstm_gets_the_chain_or_a_rebuilt_nn_lstm_with_the_same_outputs() -> None:
+    from tedepr_fx.models import LSTMClassifier
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 28, 28), torch.randint(0, 10, (8,)))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tedepr_fx.transform(LSTMClassifier(input_size=28, hidden_size=32, num_classes=10, seq_len=28),
+                                    "rules/lstm.yaml", data=data, verbose=False).eval()
+    fast = tedepr_fx.bake(model)
+    choices = {c.layer: c for c in choose_kernels(fast, 4, reps=3)}
+    lstm = next(name for name in choices if name != "fc")
+    assert set(choices[lstm].seconds) == {"chain", "dense"}
+    assert (type(fast.get_submodule(lstm)) is nn.LSTM) == (choices[lstm].kernel == "dense")
+    x = torch.randn(4, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-6)
