@@ -170,12 +170,8 @@ def _linear(module: nn.Module) -> nn.Module:
     if getattr(module, "weight_layout", "linear") == "conv1d":
         weight = weight.t()
     bias = _bias(module)
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                      device=weight.device, dtype=weight.dtype)
-    layer.weight = _param(weight)
-    if bias is not None:
-        layer.bias = _param(bias)
-    return layer
+    return _filled(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                             device=weight.device, dtype=weight.dtype), weight, bias)
 
 
 def _conv(module: nn.Module) -> nn.Module:
@@ -188,6 +184,11 @@ def _conv(module: nn.Module) -> nn.Module:
                       dilation=cast(Pair, conv.dilation), groups=getattr(module, "groups", 1),
                       bias=bias is not None, padding_mode=conv.padding_mode,
                       device=weight.device, dtype=weight.dtype)
+    return _filled(layer, weight, bias)
+
+
+def _filled(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``layer`` holding copies of ``weight`` and ``bias`` as its parameters."""
     layer.weight = _param(weight)
     if bias is not None:
         layer.bias = _param(bias)
