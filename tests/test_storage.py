@@ -408,3 +408,16 @@ def test_plain_from_pretrained_of_such_a_directory_fails_loudly(tmp_path):
     directory = tedepr_fx.save_pretrained(gm, tmp_path / "hf")
     with pytest.raises(OSError, match="no file named model.safetensors"):
         transformers.AutoModelForCausalLM.from_pretrained(directory)
+
+
+def test_a_compacted_model_round_trips_at_its_compacted_ranks(tmp_path):
+    model = tedepr_fx.transform(mlp(), rules(), example_inputs=(X,), verbose=False).eval()
+    with torch.no_grad():  # kill one bond index of the TT layer: compaction removes it
+        model.get_submodule("0").get_mask("core_0")[..., 0] = False
+    compacted, records = tedepr_fx.compact(model)
+    assert records[0].ranks_after[1] < records[0].ranks_before[1]
+    path = tedepr_fx.save(compacted, tmp_path / "compacted.tedepr")
+    back = tedepr_fx.load(path, model=mlp())
+    assert torch.equal(back(X), compacted(X))
+    assert tedepr_fx.report(back).rows[0].ranks == records[0].ranks_after
+    assert tedepr_fx.report(back).to_json() == tedepr_fx.report(compacted).to_json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import pkgutil
@@ -65,6 +66,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, example_inputs: An
     _check_class(path, base, meta["model_class"])
     rebuilt = _rebuild(path, base, meta, example_inputs)
     stored = stored_rewrite(path, meta)
+    _replay_compaction(rebuilt, stored.records)
     _compare_records(path, stored.records, rewrite_of(rebuilt).records)
     _compare_graphs(path, stored, rewrite_of(rebuilt))
     _check_kept(path, stored.records, meta["layout"])
@@ -131,6 +133,29 @@ def _rebuild(path: Path, base: nn.Module, meta: dict[str, Any], example_inputs: 
     except TedeprError as error:
         raise StorageError(f"{path}: re-applying the recorded rewrite to the given "
                            f"{type(base).__qualname__} failed: {error}") from error
+
+
+def _replay_compaction(model: nn.Module, stored: list[LayerRecord]) -> None:
+    """Give each layer the file saved after :func:`tedepr_fx.compact` its compacted ranks: an
+    empty layer of the same class with the stored ranks takes its place (the file's tensors
+    fill it), and its record takes the stored structure (then compared as for any layer)."""
+    from tedepr_fx.compaction import NOTE, _builder
+    from tedepr_fx.deploy import _set_child
+
+    rewrite = rewrite_of(model)
+    for i, (saved, record) in enumerate(zip(stored, rewrite.records)):
+        if not saved.note.startswith(NOTE) or saved.ranks == record.ranks or not record.path:
+            continue
+        layer = model.get_submodule(record.path)
+        build = _builder(layer)
+        if build is None or saved.ranks is None or len(saved.ranks) != len(record.ranks or []):
+            continue  # left to _compare_records, which names the layer and the field
+        new = build(layer, list(saved.ranks))
+        new.train(layer.training)
+        parent, _, attr = record.path.rpartition(".")
+        _set_child(model.get_submodule(parent) if parent else model, attr, new)
+        rewrite.records[i] = dataclasses.replace(record, ranks=list(saved.ranks), stored=saved.stored,
+                                                 flops_after=saved.flops_after, note=saved.note)
 
 
 def _compare_records(path: Path, stored: list[LayerRecord], rebuilt: list[LayerRecord]) -> None:
