@@ -329,10 +329,13 @@ class _State:
 def _copy(model: nn.Module) -> nn.Module:
     """A deep copy of the user's model (transform never rewrites its input)."""
     try:
-        return copy.deepcopy(model)
+        out = copy.deepcopy(model)
     except (RuntimeError, TypeError, AttributeError) as error:
         raise CaptureError(f"the model cannot be deep-copied, and transform never modifies its input: "
                            f"{type(error).__name__}: {str(error).splitlines()[0]}") from error
+    if isinstance(model, torch.fx.GraphModule) and type(out).__name__ != type(model).__name__:
+        type(out).__name__ = type(model).__name__  # torch's deepcopy of a GraphModule forgets it (own class)
+    return out
 
 
 def refuse_transformed(model: nn.Module) -> None:

@@ -42,6 +42,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         except (KeyError, TypeError, json.JSONDecodeError) as error:
             raise StorageError(f"{path}: corrupted metadata: {key!r} is missing or not JSON "
                                f"({type(error).__name__})") from None
+    if "graph" in raw:  # a fully graph-captured model's structure (storage.graphdata)
+        try:
+            meta["graph"] = json.loads(raw["graph"])
+        except (TypeError, json.JSONDecodeError):
+            raise StorageError(f"{path}: corrupted metadata: 'graph' is not JSON") from None
     meta["tensors"] = {k: v for k, v in header.items() if k != "__metadata__"}
     return meta
 

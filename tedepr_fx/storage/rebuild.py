@@ -26,6 +26,7 @@ from tedepr_fx.storage.format import (
     unpack_bits,
     weights_file,
 )
+from tedepr_fx.storage.graphdata import build_base
 from tedepr_fx.storage.read import read_metadata, stored_rewrite
 
 # record fields that the rewrite's structure decides; the others (kept counts, the scorer,
@@ -62,8 +63,11 @@ def load(path: str | Path, model: nn.Module | None = None, *, example_inputs: An
             raise StorageError(f"{path}: the pickle holds a {type(legacy).__name__}, not a model")
         return legacy
     meta = read_metadata(path)
-    base = model if model is not None else _zoo_model(path, meta["model_class"])
-    _check_class(path, base, meta["model_class"])
+    if model is None and "graph" in meta and not _in_zoo(meta["model_class"]):
+        base: nn.Module = build_base(meta["graph"], str(path))  # the file's structure, checked below
+    else:
+        base = model if model is not None else _zoo_model(path, meta["model_class"])
+        _check_class(path, base, meta["model_class"])
     rebuilt = _rebuild(path, base, meta, example_inputs)
     stored = stored_rewrite(path, meta)
     _replay_compaction(rebuilt, stored.records)
@@ -85,6 +89,12 @@ def _is_pickle(path: Path) -> bool:
         return False
     length = int.from_bytes(prefix, "little")
     return legacy_prefix(prefix) and not (len(prefix) == 8 and 0 < length <= MAX_HEADER and first == b"{")
+
+
+def _in_zoo(model_class: str) -> bool:
+    import tedepr_fx.models as zoo
+
+    return model_class.rpartition(".")[0] in {f"{zoo.__name__}.{m.name}" for m in pkgutil.iter_modules(zoo.__path__)}
 
 
 def _zoo_model(path: Path, model_class: str) -> nn.Module:

@@ -25,6 +25,7 @@ from tedepr_fx.storage.format import (
     rewrite_of,
     tensors_sha256,
 )
+from tedepr_fx.storage.graphdata import graph_spec
 
 
 def transform_source(model: nn.Module, rules: Any, example: Any, **options: Any) -> dict[str, Any]:
@@ -55,6 +56,11 @@ def save(model: nn.Module, path: str | Path) -> Path:
         "rewrite": _json(stored), "layout": _json(layout), "modes": _json(_modes(model)),
         "sha256": tensors_sha256(tensors),
     }
+    model_class = str(rewrite.source.get("model_class", ""))
+    spec = None if model_class.startswith("tedepr_fx.models.") else graph_spec(  # the zoo builds itself
+        model, rewrite.records, rewrite.regions, model_class)
+    if spec is not None:  # the structure as data: load needs no model= (storage.graphdata)
+        metadata["graph"] = _json(spec)
     path = Path(path)
     _atomic_write(path, tensors, metadata)
     return path
