@@ -387,8 +387,8 @@ def _flag_costlier(records: list[LayerRecord]) -> None:
     at the example input (a factor chain whose ranks are too high for its shape)."""
     costlier = []
     for r in records:
-        if r.flops_before and r.flops_after is not None and r.flops_after > r.flops_before:
-            words = f"{r.flops_after / r.flops_before:.2f}x the dense FLOPs"
+        words = r.cost_note
+        if words:
             r.note = "; ".join(n for n in (r.note, words) if n)
             costlier.append(f"{r.name} ({words})")
     if costlier:

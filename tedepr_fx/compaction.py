@@ -50,12 +50,11 @@ from tedepr_fx.layers.masked import MaskedMixin, Pair
 from tedepr_fx.layers.tt import TTMatrixConv2d, TTMatrixLinear
 from tedepr_fx.layers.tt_lstm import TTLSTM, TTMapSpec
 from tedepr_fx.layers.tucker import Tucker2Conv2d, TuckerLinear
-from tedepr_fx.record import RECORD_ATTR, LayerRecord, Rewrite
+from tedepr_fx.record import COST_WORDS, RECORD_ATTR, LayerRecord, Rewrite
 
 __all__ = ["CompactionRecord", "compact"]
 
 NOTE = "ranks before compaction"  # how a compacted layer's record note starts
-COSTLIER = "x the dense FLOPs"  # how transform's note on a layer costlier than dense ends
 
 
 @dataclass
@@ -418,9 +417,9 @@ def _update_record(record: LayerRecord, module: nn.Module, compaction: Compactio
     if record.input_shape is not None:
         record.flops_after = int(cast(Callable[[tuple[int, ...]], int], module.flops)(
             tuple(record.input_shape)))
-    parts = [p for p in record.note.split("; ") if p and not p.endswith(COSTLIER)]
+    parts = [p for p in record.note.split("; ") if p and not p.endswith(COST_WORDS)]
     if not any(p.startswith(NOTE) for p in parts):
         parts.insert(0, compaction.note)
-    if record.flops_before and record.flops_after is not None and record.flops_after > record.flops_before:
-        parts.append(f"{record.flops_after / record.flops_before:.2f}{COSTLIER}")
+    if record.cost_note:
+        parts.append(record.cost_note)
     record.note = "; ".join(parts)

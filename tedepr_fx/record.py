@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 RECORD_ATTR = "tedepr_rewrite"  # the Rewrite on a transformed root
+COST_WORDS = "x the dense FLOPs"  # how a record's note on a layer costlier than dense ends
 
 
 @dataclass
@@ -80,6 +81,14 @@ class LayerRecord:
         if self.in_modes is None or self.out_modes is None:
             return ""
         return f"{_ints(self.in_modes)}->{_ints(self.out_modes)}"
+
+    @property
+    def cost_note(self) -> str:
+        """``"1.20x the dense FLOPs"`` when the rewritten layer costs more FLOPs than the dense one
+        at the example input, else ``""``."""
+        if self.flops_before and self.flops_after is not None and self.flops_after > self.flops_before:
+            return f"{self.flops_after / self.flops_before:.2f}{COST_WORDS}"
+        return ""
 
     @property
     def ranks_text(self) -> str:
