@@ -29,9 +29,14 @@ class EvalCache:
 
         def mask_buffer(self, name: str) -> torch.Tensor | None: ...
 
+    def caching(self) -> bool:
+        """Whether :meth:`cached` reuses tensors now (eval mode, no autograd, not traced)."""
+        return not (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                    or torch.jit.is_tracing())  # type: ignore[attr-defined,no-untyped-call]
+
     def cached(self, slot: str, tag: Hashable, names: Sequence[str], build: Callable[[], T]) -> T:
         """``build()``, reused from ``slot`` in eval mode while ``tag`` and the tensors match."""
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not self.caching():
             return build()
         key = (tag, *self._tensors_key(names))
         store: dict[str, tuple[tuple[Hashable, ...], Any]] = self.__dict__.setdefault("_eval_cache", {})
@@ -41,12 +46,17 @@ class EvalCache:
         return cast(T, hit[1])  # the slot's build always returns the same type
 
     def _tensors_key(self, names: Sequence[str]) -> tuple[Hashable, ...]:
+        # read from the module's own dicts: nn.Module.__getattr__ costs more than the key itself,
+        # and this runs on every eval-mode call (a batch-1 forward is a few tens of us)
+        params: dict[str, Any] = self.__dict__.get("_parameters", {})
+        buffers: dict[str, Any] = self.__dict__.get("_buffers", {})
         key: list[Hashable] = []
-        t: torch.Tensor | None
         for name in names:
-            for t in (getattr(self, name), self.mask_buffer(name)):
-                if t is not None:
-                    key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
+            t = params[name] if name in params else getattr(self, name)
+            key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
+            mask = buffers.get(f"{name}_mask")
+            if mask is not None:
+                key.append((id(mask), mask._version, mask.data_ptr()))
         return tuple(key)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -152,6 +152,41 @@ def choose_order(rows: int, in_modes: Sequence[int], out_modes: Sequence[int],
     return _choose(*args)
 
 
+# What one more product of the chain costs besides its FLOPs (its reshapes, copies and kernel
+# launch), in FLOPs: measured on TT-matrix layers of 784 -> 300 and 300 -> 100 in eval mode at
+# 1, 8 and 128 rows (one thread), where a product costs ~5-8 us beyond its arithmetic and the
+# cached-weight product runs at ~20 GFLOP/s (docs/benchmarks/speed-floor.md).
+EVAL_STEP_FLOPS = 150_000
+# The cached whole weight is one large GEMM, which ran ~6 x more FLOPs per second than the
+# chain's skinny products on the same layers (90 against 10-20 GFLOP/s at 128 rows).
+EVAL_GEMM_ADVANTAGE = 6
+
+
+@lru_cache(maxsize=1024)
+def _choose_eval(rows: int, in_modes: tuple[int, ...], out_modes: tuple[int, ...],
+                 ranks: tuple[int, ...]) -> ContractionOrder:
+    best: tuple[tuple[int, int, bool], ContractionOrder] | None = None
+    for order in candidate_orders(len(in_modes)):
+        shapes, _ = _grouped_shapes(in_modes, out_modes, ranks, order[1])
+        flops = chain_flops(rows, shapes, order[0])
+        if len(order[1]) == 1:
+            flops //= EVAL_GEMM_ADVANTAGE
+        cost = flops + EVAL_STEP_FLOPS * len(order[1])
+        key = (cost, len(order[1]), order[0] != "ltr")
+        if best is None or key < best[0]:
+            best = (key, order)
+    assert best is not None
+    return best[1]
+
+
+def choose_eval_order(rows: int, in_modes: Sequence[int], out_modes: Sequence[int],
+                      ranks: Sequence[int]) -> ContractionOrder:
+    """The order for ``rows`` rows when the merged cores are cached (eval mode, no autograd):
+    merging costs nothing then, each product a fixed :data:`EVAL_STEP_FLOPS` besides its FLOPs,
+    and the cached whole weight's one GEMM its FLOPs / :data:`EVAL_GEMM_ADVANTAGE`."""
+    return _choose_eval(int(rows), tuple(in_modes), tuple(out_modes), tuple(ranks))
+
+
 def merge_cores(cores: list[torch.Tensor]) -> torch.Tensor:
     """Contract consecutive TT-matrix cores into one ``(r_start, prod m, prod n, r_end)`` core.
 

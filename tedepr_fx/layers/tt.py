@@ -29,6 +29,7 @@ from tedepr_fx.layers.cache import EvalCache
 from tedepr_fx.layers.contraction import (
     ContractionOrder,
     Groups,
+    choose_eval_order,
     choose_order,
     group_cores,
     shape_hint,
@@ -236,6 +237,11 @@ class TTMatrixLinear(TTCores):
         """The effective weight ``(prod in_modes, prod out_modes)`` (padding included)."""
         raise NotImplementedError
 
+    def eval_order(self, rows: int) -> ContractionOrder | None:
+        """The order to use in eval mode, where the merged cores are cached (None: the training
+        order). Only formats with a model of their eval cost override it."""
+        return None
+
     # --- shared ----------------------------------------------------------------------------------
 
     @property
@@ -259,7 +265,17 @@ class TTMatrixLinear(TTCores):
         rows = x.reshape(-1, self.in_features)
         if self.in_pad:
             rows = F.pad(rows, (0, self.in_pad))
-        order, _ = self.contraction_order(shape_hint(rows.shape)[0])
+        n = shape_hint(rows.shape)[0]
+        order = self.eval_order(n) if self.caching() else None
+        if order is not None and len(order[1]) == 1:
+            # eval mode, one group: the rebuilt weight, cached in F.linear's (out, in) layout
+            weight = self.cached("weight_oi", None, self.prunable, lambda: self._weight_io().t().contiguous())
+            y = F.linear(rows, weight)[:, : self.out_features] if self.out_pad else F.linear(rows, weight, self.bias)
+            if self.out_pad and self.bias is not None:
+                y = y + self.bias
+            return y.reshape(*lead, self.out_features)
+        if order is None:
+            order, _ = self.contraction_order(n)
         if self.out_pad:
             y = self.apply_order(rows, order)[:, : self.out_features]
             if self.bias is not None:
@@ -335,6 +351,11 @@ class TTLinear(TTMatrixLinear):
     def contraction_order(self, rows: int) -> tuple[ContractionOrder, int]:
         """The order ``(direction, groups)`` the forward uses for ``rows`` input rows, and its FLOPs."""
         return choose_order(rows, self.in_modes, self.out_modes, self.ranks)
+
+    def eval_order(self, rows: int) -> ContractionOrder:
+        """The eval-mode order: merged cores are cached, so only the chain's products count, plus
+        a fixed cost per product (:data:`EVAL_STEP_FLOPS`); one group is the cached weight."""
+        return choose_eval_order(rows, self.in_modes, self.out_modes, self.ranks)
 
     def apply_order(self, rows: torch.Tensor, order: ContractionOrder,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
