@@ -148,7 +148,8 @@ def transform(
     with seeded(seed):  # local state, one transform at a time: same result in any thread
         captured = _capture(model, example)
         decisions = match(captured, ruleset, strict=strict)
-        code_before = _code_before(captured, decisions, model, ruleset)
+        unsupported = unsupported_records(captured, ruleset)
+        code_before = _code_before(captured, decisions, model, unsupported)
         if example is None:
             _check_example_not_needed(model, decisions, ruleset.scoring, bool(batches))
         dense_flops = _dense_flops(decisions, captured.input_shapes)
@@ -190,7 +191,7 @@ def transform(
             warnings.warn(f"layer {record.name!r} (rule {record.rule!r}): {record.collapse}; "
                           "its masks cannot recover in training (raise its budget, min_density or rank)",
                           UserWarning, stacklevel=2)
-    records += unsupported_records(captured, ruleset)
+    records += unsupported
     preserve(result, RECORD_ATTR, Rewrite(
         records, captured.region_dicts(), code_before=code_before, source=source,
         identity=identity(model, ruleset, example, [r.name for r in records])))
@@ -213,7 +214,8 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
     ruleset = load_rules(rules)
     captured, example = dry_capture(model, example_inputs)
     decisions = match(captured, ruleset, strict=strict)
-    code_before = _code_before(captured, decisions, model, ruleset)
+    unsupported = unsupported_records(captured, ruleset)
+    code_before = _code_before(captured, decisions, model, unsupported)
     dense_flops = _dense_flops(decisions, captured.input_shapes)
     factorize(decisions, auto_rank_multiple=auto_rank_multiple, input_shapes=captured.input_shapes)
     paths = _paths(captured.module, decisions)
@@ -231,7 +233,7 @@ def plan(model: nn.Module, rules: Any, example_inputs: Any = None, *, strict: bo
                 kept = (predicted_kept(group), "predicted", f"kept predicted ({group.allocation} allocation)")
         records.append(layer_record(d, captured, dense_flops[d.name], paths.get(d.name, ""), kept=kept))
     _flag_costlier(records)
-    records += unsupported_records(captured, ruleset)
+    records += unsupported
     result = _table(Plan, records, captured.region_dicts(), code_before=code_before,
                     view=GraphView.of_captured(captured, type(model).__name__))
     result.identity = identity(model, ruleset, example, [r.name for r in records])  # for the lock file
@@ -268,7 +270,7 @@ def layer_record(d: Decision, captured: Captured, dense_flops: int | None, path:
         dense_shape=list(d.dense_shape), dense=d.dense_params, stored=d.dense_params,
         kept=d.dense_params, flops_before=dense_flops, flops_after=dense_flops,
         input_shape=list(shape) if shape is not None else None,
-        region=d.site.region, node=d.site.node.name if d.site.how == "graph" and d.site.node is not None else "",
+        region=d.site.region, node=_node_name(d),
         note="; ".join(n for n in (
             f"{tied_text(d.site)}: kept dense" if d.site.shared_with else "",
             f"also named {', '.join(d.site.aliases)} (one module, rewritten under every name)"
@@ -382,6 +384,11 @@ def unsupported_records(captured: Captured, ruleset: RuleSet) -> list[LayerRecor
     return records
 
 
+def _node_name(d: Decision) -> str:
+    """The fx node that calls a layer in its region's code ("" for a layer swapped in eager code)."""
+    return d.site.node.name if d.site.how == "graph" and d.site.node is not None else ""
+
+
 def _flag_costlier(records: list[LayerRecord]) -> None:
     """Note on each record, and warn once, where the rewrite costs more FLOPs than the dense layer
     at the example input (a factor chain whose ranks are too high for its shape)."""
@@ -397,13 +404,13 @@ def _flag_costlier(records: list[LayerRecord]) -> None:
                       stacklevel=3)
 
 
-def _code_before(captured: Captured, decisions: list[Decision], model: nn.Module, ruleset: RuleSet) -> str:
+def _code_before(captured: Captured, decisions: list[Decision], model: nn.Module,
+                 unsupported: list[LayerRecord]) -> str:
     """The annotated code of the model as captured, before any layer is rewritten."""
     records = [LayerRecord(name=d.name, rule=d.rule_name, action=d.action, how=d.site.how, old_type=d.old_type,
-                           new_type=d.old_type, dense=d.dense_params, region=d.site.region,
-                           node=d.site.node.name if d.site.how == "graph" and d.site.node is not None else "")
+                           new_type=d.old_type, dense=d.dense_params, region=d.site.region, node=_node_name(d))
                for d in decisions]
-    records += unsupported_records(captured, ruleset)
+    records += unsupported
     return GraphView.of_captured(captured, type(model).__name__).code(records, before=True)
 
 
