@@ -43,7 +43,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from tedepr_fx.deploy import _set_child
+from tedepr_fx.deploy import replace_module
 from tedepr_fx.errors import LayerError
 from tedepr_fx.layers.embedding import TTMatrixEmbedding
 from tedepr_fx.layers.masked import MaskedMixin, Pair
@@ -386,8 +386,7 @@ def compact(model: nn.Module, *, inplace: bool = False) -> tuple[nn.Module, list
             continue
         if not name:
             return new, records
-        parent, _, attr = name.rpartition(".")
-        _set_child(out.get_submodule(parent), attr, new)
+        replace_module(out, name, new)
     _update_rewrite(out, {id(new): record for new, record in done.values() if record.compacted})
     return out, records
 

@@ -127,12 +127,17 @@ def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             dense[id(module)] = _dense_layer(name or "(root)", module)
         if not name:
             return dense[id(module)]
-        parent, _, attr = name.rpartition(".")
-        _set_child(out.get_submodule(parent), attr, dense[id(module)])
+        replace_module(out, name, dense[id(module)])
     if hasattr(out, RECORD_ATTR):
         unpreserve(out, RECORD_ATTR)
         delattr(out, RECORD_ATTR)
     return out
+
+
+def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at ``path`` (a dotted module name, not empty) in ``root``, as :func:`_set_child` does."""
+    parent, _, attr = path.rpartition(".")
+    _set_child(root.get_submodule(parent) if parent else root, attr, new)
 
 
 def _set_child(parent: nn.Module, attr: str, child: nn.Module) -> None:

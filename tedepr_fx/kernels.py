@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tedepr_fx.deploy import _dense_layer, replace_module
 from tedepr_fx.layers.masked import MaskedConv2d, MaskedLinear, MaskedTransposedLinear
 from tedepr_fx.layers.masked_lstm import MaskedLSTM
 from tedepr_fx.layers.tt import TTMatrixConv2d, TTMatrixLinear
@@ -162,7 +163,7 @@ def choose_kernels(model: nn.Module, batch_size: int = 1, *, how: str = "measure
         if kernel != "chain":
             new = candidates[kernel]
             new.train(False)
-            _replace(model, name, new)
+            replace_module(model, name, new)
         choices.append(KernelChoice(name, kernel, density, seconds))
     return choices
 
@@ -171,8 +172,6 @@ def _choose_dense(model: nn.Module, name: str, module: nn.Module, batch_size: in
                   reps: int) -> KernelChoice:
     """The factor chain or the dense torch layer holding the rebuilt weights (``nn.Conv2d``,
     ``nn.LSTM``), whichever runs faster on ``batch_size`` inputs of the recorded shape."""
-    from tedepr_fx.deploy import _dense_layer
-
     dense = _dense_layer(name, module)
     for p in dense.parameters():
         p.requires_grad_(False)
@@ -185,7 +184,7 @@ def _choose_dense(model: nn.Module, name: str, module: nn.Module, batch_size: in
     kernel = min(seconds, key=lambda k: seconds[k])
     if kernel == "dense":
         dense.train(False)
-        _replace(model, name, dense)
+        replace_module(model, name, dense)
     return KernelChoice(name, kernel, density, seconds)
 
 
@@ -223,8 +222,3 @@ def _recorded_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {r.path: tuple(r.input_shape) for r in records if r.path and r.input_shape}
 
 
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    from tedepr_fx.deploy import _set_child
-
-    parent, _, attr = name.rpartition(".")
-    _set_child(root.get_submodule(parent) if parent else root, attr, new)

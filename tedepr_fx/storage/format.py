@@ -63,6 +63,17 @@ def rewrite_of(model: nn.Module) -> Rewrite:
     return rewrite
 
 
+def in_zoo(model_class: str) -> bool:
+    """Whether ``model_class`` (``module.QualName``) is defined in one of :mod:`tedepr_fx.models`'
+    modules: those rebuild with default arguments, no structure needs storing."""
+    import pkgutil
+
+    import tedepr_fx.models as zoo
+
+    zoo_modules = {f"{zoo.__name__}.{m.name}" for m in pkgutil.iter_modules(zoo.__path__)}
+    return model_class.rpartition(".")[0] in zoo_modules
+
+
 def legacy_prefix(prefix: bytes) -> bool:
     """A zip archive (``torch.save``'s default) or a pickle of protocol 2 to 5."""
     return prefix.startswith(b"PK\x03\x04") or (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03",

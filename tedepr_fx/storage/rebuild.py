@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import pkgutil
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from tedepr_fx.layers.masked import iter_masked
 from tedepr_fx.record import RECORD_ATTR, LayerRecord, Rewrite
 from tedepr_fx.storage.format import (
     MAX_HEADER,
+    in_zoo,
     legacy_prefix,
     rewrite_of,
     tensors_sha256,
@@ -63,7 +63,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, example_inputs: An
             raise StorageError(f"{path}: the pickle holds a {type(legacy).__name__}, not a model")
         return legacy
     meta = read_metadata(path)
-    if model is None and "graph" in meta and not _in_zoo(meta["model_class"]):
+    if model is None and "graph" in meta and not in_zoo(meta["model_class"]):
         base: nn.Module = build_base(meta["graph"], str(path))  # the file's structure, checked below
     else:
         base = model if model is not None else _zoo_model(path, meta["model_class"])
@@ -91,19 +91,10 @@ def _is_pickle(path: Path) -> bool:
     return legacy_prefix(prefix) and not (len(prefix) == 8 and 0 < length <= MAX_HEADER and first == b"{")
 
 
-def _in_zoo(model_class: str) -> bool:
-    import tedepr_fx.models as zoo
-
-    return model_class.rpartition(".")[0] in {f"{zoo.__name__}.{m.name}" for m in pkgutil.iter_modules(zoo.__path__)}
-
-
 def _zoo_model(path: Path, model_class: str) -> nn.Module:
     """A default-built model of the zoo (:mod:`tedepr_fx.models`); others need ``model=``."""
-    import tedepr_fx.models as zoo
-
     module_name, _, name = model_class.rpartition(".")
-    zoo_modules = {f"{zoo.__name__}.{m.name}" for m in pkgutil.iter_modules(zoo.__path__)}
-    cls = getattr(importlib.import_module(module_name), name, None) if module_name in zoo_modules else None
+    cls = getattr(importlib.import_module(module_name), name, None) if in_zoo(model_class) else None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise StorageError(f"{path}: holds a rewrite of {model_class}; pass a fresh model of that class, "
                            f"tedepr_fx.load(path, model=...) (a module's structure is code, which a safe "
@@ -150,7 +141,7 @@ def _replay_compaction(model: nn.Module, stored: list[LayerRecord]) -> None:
     empty layer of the same class with the stored ranks takes its place (the file's tensors
     fill it), and its record takes the stored structure (then compared as for any layer)."""
     from tedepr_fx.compaction import NOTE, _builder
-    from tedepr_fx.deploy import _set_child
+    from tedepr_fx.deploy import replace_module
 
     rewrite = rewrite_of(model)
     for i, (saved, record) in enumerate(zip(stored, rewrite.records)):
@@ -162,8 +153,7 @@ def _replay_compaction(model: nn.Module, stored: list[LayerRecord]) -> None:
             continue  # left to _compare_records, which names the layer and the field
         new = build(layer, list(saved.ranks))
         new.train(layer.training)
-        parent, _, attr = record.path.rpartition(".")
-        _set_child(model.get_submodule(parent) if parent else model, attr, new)
+        replace_module(model, record.path, new)
         rewrite.records[i] = dataclasses.replace(record, ranks=list(saved.ranks), stored=saved.stored,
                                                  flops_after=saved.flops_after, note=saved.note)
 

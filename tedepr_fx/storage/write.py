@@ -20,6 +20,7 @@ from tedepr_fx.record import LayerRecord, Rewrite
 from tedepr_fx.storage.format import (
     FORMAT,
     FORMAT_VERSION,
+    in_zoo,
     index_dtype,
     pack_bits,
     rewrite_of,
@@ -57,7 +58,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
         "sha256": tensors_sha256(tensors),
     }
     model_class = str(rewrite.source.get("model_class", ""))
-    spec = None if model_class.startswith("tedepr_fx.models.") else graph_spec(  # the zoo builds itself
+    spec = None if in_zoo(model_class) else graph_spec(  # the zoo builds itself
         model, rewrite.records, rewrite.regions, model_class)
     if spec is not None:  # the structure as data: load needs no model= (storage.graphdata)
         metadata["graph"] = _json(spec)
