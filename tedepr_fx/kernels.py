@@ -117,12 +117,8 @@ class KernelChoice:
 
 def effective_linear(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's effective ``(out, in)`` weight (pruned entries 0) and its bias."""
-    with torch.no_grad():
-        weight = cast(torch.Tensor, module.to_dense())  # type: ignore[operator]
-        if getattr(module, "weight_layout", "linear") == "conv1d" or isinstance(module, MaskedTransposedLinear):
-            weight = weight.t()
-        bias = getattr(module, "bias", None)
-        return weight.contiguous(), bias if isinstance(bias, torch.Tensor) else None
+    dense = cast(nn.Linear, _dense_layer(type(module).__name__, module))  # densify's layout rules
+    return dense.weight.detach(), None if dense.bias is None else dense.bias.detach()
 
 
 def choose_kernels(model: nn.Module, batch_size: int = 1, *, how: str = "measure", reps: int = 25,

@@ -121,3 +121,19 @@ def test_an_lstm_gets_the_chain_or_a_rebuilt_nn_lstm_with_the_same_outputs() -> 
     x = torch.randn(4, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_hugging_face_conv1d_layers_keep_their_outputs() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=100, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tedepr_fx.transform(transformers.GPT2LMHeadModel(cfg), "rules/transformer.yaml").eval()
+    fast = tedepr_fx.bake(model)
+    choices = choose_kernels(fast, 2, how="measure", reps=3)
+    assert choices and all(c.kernel in ("chain", "dense", "csr") for c in choices)
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
