@@ -58,6 +58,7 @@ from tedepr_fx.passes.factorize import DEFAULT_AUTO_RANK_MULTIPLE, factorize
 from tedepr_fx.passes.match import Decision, match, supported_kinds, tied_text
 from tedepr_fx.passes.prune import groups_for, score_and_mask, scorer_used
 from tedepr_fx.passes.recompile import recompile
+from tedepr_fx.passes.rescale import forward_fn, output_scales, rescale_to
 from tedepr_fx.record import RECORD_ATTR, LayerRecord, Rewrite, format_fields
 from tedepr_fx.reporting import Plan, Report
 from tedepr_fx.rules import RuleSet, Scoring, load_rules
@@ -156,6 +157,8 @@ def transform(
         if init is not None:
             for d in decisions:
                 d.init = init
+        rescale_inputs = _rescale_inputs(ruleset.scoring, batches, example)
+        dense_scales = _layer_scales(captured.module, decisions, rescale_inputs) if rescale_inputs else {}
         factorize(decisions, auto_rank_multiple=auto_rank_multiple, input_shapes=captured.input_shapes)
         result = captured.module
         paths = _paths(result, decisions)
@@ -165,6 +168,8 @@ def transform(
             result, pairs, ruleset.scoring, batches=batches, loss_fn=loss_fn,
             output_fn=output_fn, example_inputs=as_scorer_inputs(example), seed=seed, verbose=verbose,
         )
+        if rescale_inputs:
+            rescale_to(_masked_layers(decisions), dense_scales, forward_fn(result, *rescale_inputs))
         recompile(result)
     before.restore(result)
 
@@ -535,6 +540,26 @@ def _samples(inputs: Any) -> int | None:
     values = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, (tuple, list)) else [inputs]
     first = next((v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0), None)
     return None if first is None else int(first.shape[0])
+
+
+def _rescale_inputs(scoring: Scoring, batches: Sequence[Any], example: Example | None) -> Example | None:
+    """The inputs ``scoring.rescale`` measures layers on: the first scoring batch, else the
+    example inputs; None when rescaling is off."""
+    if scoring.rescale == "none":
+        return None
+    if batches:
+        return split_example(_without_labels(batches[0][0]))
+    return example
+
+
+def _masked_layers(decisions: Sequence[Decision]) -> dict[str, nn.Module]:
+    """The current module of every layer that has a budget (masked), by layer name."""
+    return {d.name: d.site.get() for d in decisions if d.action in ("factorize", "prune") and d.budget is not None}
+
+
+def _layer_scales(root: nn.Module, decisions: Sequence[Decision], inputs: Example) -> dict[str, float]:
+    """Signal scale of every masked layer of the dense ``root`` on ``inputs`` (before factorize)."""
+    return output_scales(_masked_layers(decisions), forward_fn(root, *inputs))
 
 
 def _without_labels(inputs: Any) -> Any:

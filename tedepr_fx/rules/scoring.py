@@ -73,6 +73,12 @@ class Scoring(StrictModel):
         None, description="The loss scorers differentiate: classification (cross-entropy, the default), "
         "causal_lm (next-token) or masked_lm; transform's loss_fn overrides it. Batches that are dicts "
         "with labels use the model's own .loss when neither is given.")
+    rescale: Literal["none", "dense"] = Field(
+        "none", description="After masking: none leaves the kept entries at their initial values; dense "
+        "scales each masked layer so that its output varies with the input as much as the dense layer's did "
+        "at initialisation (root mean square about the batch mean, on the first scoring batch or the example "
+        "inputs), layer after layer (LSUV-style, Mishkin "
+        "and Matas, ICLR 2016). It keeps the signal of a very sparse network from vanishing.")
     without_data: str = Field(
         "error", json_schema_extra={"enum": ["error", "synflow", "magnitude", "random"]},
         description="What scores a rule whose scorer needs data when transform is given none: a "
