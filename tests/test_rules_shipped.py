@@ -45,7 +45,7 @@ def test_lenet_policy_and_the_demo_override():
     assert rules.defaults.scorer == "trainability"
     tt_rules = [r for r in rules.rules if r.action == "factorize"]
     assert [(r.match.name, r.factorize.format, r.factorize.modes) for r in tt_rules] == [
-        ("fc1", "tt", "auto"), ("fc2", "tt", "auto")]
+        ("fc1", "tt", "auto"), ("fc2", "tt", "auto"), ("fc3", "tt", "auto")]
     assert all(r.factorize.rank == "auto" for r in tt_rules)
     demo = rules.with_budget(sparsity=0.998)
     assert demo.defaults.budget.target_density == pytest.approx(0.002)
@@ -74,10 +74,13 @@ def test_lenet_decisions():
     from tedepr_fx.models import LeNet5, LeNet300100
 
     rules = load_rules(RULES / "lenet.yaml")
-    expected = {"fc1": "fc1-tt", "fc2": "fc2-tt", "fc3": "small-layers"}
+    expected = {"fc1": "fc1-tt", "fc2": "fc2-tt", "fc3": "fc3-tt"}
     assert _decisions(LeNet300100(), rules) == expected
     assert _decisions(LeNet300100(in_features=64), rules) == expected
-    assert _decisions(LeNet5(), rules) == {**expected, "conv1": "small-layers", "conv2": "small-layers"}
+    assert _decisions(LeNet5(), rules) == {**expected, "conv1": None, "conv2": None}  # lenet5.yaml's
+    lenet5 = load_rules(RULES / "lenet5.yaml")
+    assert _decisions(LeNet5(), lenet5) == {**expected, "conv1": "small-layers", "conv2": "conv2-tucker"}
+    assert lenet5.scoring.rescale == "dense" and rules.scoring.rescale == "none"
 
 
 def test_vgg_and_resnet_decisions():
