@@ -122,6 +122,10 @@ class _Wrapped(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
         self.inner = inner
+        # the exporter puts the wrapper back in its own mode afterwards, children included: a
+        # wrapper left in training mode returned the inner model in training mode (BatchNorm on
+        # batch statistics), so the reference outputs after the export were not eval outputs
+        self.train(inner.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)

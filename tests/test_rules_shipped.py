@@ -87,8 +87,10 @@ def test_vgg_and_resnet_decisions():
     from tedepr_fx.models import VGG11, ResNet20
 
     vgg = _decisions(VGG11(), load_rules(RULES / "vgg.yaml"))
-    assert vgg.pop("features.0") == "stem" and vgg.pop("classifier") == "classifier"
-    assert vgg and set(vgg.values()) == {"convs-tucker"}
+    wide = {name for name, m in VGG11().named_modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 150_000}
+    assert len(wide) == 6 and {vgg.pop(name) for name in wide} == {"wide-convs-tucker"}
+    assert vgg.pop("features.0") == "other-layers" and vgg.pop("classifier") == "other-layers"
+    assert vgg and set(vgg.values()) == {"other-layers"}
     resnet = _decisions(ResNet20(), load_rules(RULES / "resnet.yaml"))
     assert resnet.pop("conv1") == "stem" and resnet.pop("fc") == "classifier"
     shortcuts = {k: resnet.pop(k) for k in list(resnet) if ".shortcut." in k}
