@@ -228,6 +228,8 @@ def test_method_rules():
     assert by_name["fc3-tt"].factorize.rank == pytest.approx(0.01) and by_name["fc3-tt"].budget is None
     pruned = {r.name: r for r in lowrank_rules(load_rules(policy_path("lenet5")), 0.99).rules}["small-layers"]
     assert pruned.budget.target_density == pytest.approx(0.01)  # a prune rule keeps its share
+    vit = {r.name: r for r in lowrank_rules(load_rules(policy_path("transformer")), 0.99).rules}
+    assert vit["edges"].budget.min_density == pytest.approx(0.01)  # 0.05 in the policy: capped at the share
     base = baseline_rules("synflow", policy, 0.998)
     assert base.defaults.scorer == "synflow" and base.defaults.budget.target_density == pytest.approx(0.002)
     assert base.scoring == policy.scoring

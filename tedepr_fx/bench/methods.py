@@ -18,7 +18,8 @@ batches and counts its sparsity against the dense weights:
   ``factorize`` rule gets the rank whose factors hold at most ``1 - sparsity`` of the
   layer's dense weights (a float rank share: the largest rank that fits, at least 1)
   and no budget; ``prune`` rules keep the policy's pruning at the same sparsity
-  (their shared default budget becomes a budget of each rule), ``keep`` rules keep.
+  (their shared default budget becomes a budget of each rule, its ``min_density``
+  capped at that share), ``keep`` rules keep.
   So the model keeps about the count TEDEPR keeps, from rank alone in the factorized
   layers. At extreme sparsity a rank-1 factorization can store more than its share:
   the records give the kept count of every cell.
@@ -83,10 +84,23 @@ def lowrank_rules(policy: RuleSet, sparsity: float) -> RuleSet:
             raw["factorize"]["rank"] = min(1.0, max(float(share), 1e-9))
             raw.pop("budget", None)
         elif rule.action == "prune" and "budget" not in raw and default_budget is not None:
-            raw["budget"] = dict(default_budget)
+            raw["budget"] = _own_share(default_budget, budget)
         rules.append(raw)
     data["rules"] = rules
     return RuleSet.model_validate(data)
+
+
+def _own_share(default_budget: dict[str, Any], budget: Any) -> dict[str, Any]:
+    """The shared default budget as a prune rule's own, its floor capped at its share.
+
+    A floor above the share (``transformer.yaml``'s ``min_density: 0.05`` at sparsity 0.99)
+    is legal in a pool shared with factorized layers, but a rule that pools alone would keep
+    more than its budget in every layer, which the rule check refuses.
+    """
+    own = dict(default_budget)
+    if budget is not None and own.get("min_density", 0.0) > budget.target_density:
+        own["min_density"] = budget.target_density
+    return own
 
 
 def mask_kept(model: nn.Module) -> tuple[int, int]:
