@@ -152,6 +152,10 @@ def timed(models: dict[str, nn.Module], shape: torch.Size, reps: int) -> dict[st
     for n, s in samples.items():
         out[n]["train b128"] = statistics.median(s)
     for n, fn in steps.items():
+        # gradients left by the timed steps would be freed inside the profiled step
+        # (zero_grad(set_to_none=True)) and counted against its allocations
+        for p in trainable[n].parameters():
+            p.grad = None
         out[n]["train peak bytes"] = float(peak_torch_bytes(fn))
     return out
 
