@@ -137,3 +137,13 @@ def test_hugging_face_conv1d_layers_keep_their_outputs() -> None:
     ids = torch.randint(0, 100, (2, 8))
     with torch.no_grad():
         torch.testing.assert_close(fast(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_measured_csr_product_must_win_clearly() -> None:
+    from tedepr_fx.kernels import CSR_MARGIN, _fastest
+
+    assert _fastest({"chain": 1.0, "dense": 0.74, "csr": 0.70}) == "dense"  # a near tie: not CSR
+    assert _fastest({"chain": 1.0, "dense": 0.74, "csr": 0.74 * CSR_MARGIN}) == "csr"
+    assert _fastest({"chain": 0.5, "dense": 0.74, "csr": 0.45}) == "chain"
+    assert _fastest({"chain": 0.5, "dense": 0.74}) == "chain"
+
