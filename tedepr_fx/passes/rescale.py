@@ -37,7 +37,8 @@ CONSTANT = 1e-12
 def output_scales(layers: dict[str, nn.Module], run: Callable[[], Any]) -> dict[str, float]:
     """:func:`signal_scale` of each layer's output (its first tensor output) during ``run()``.
 
-    A layer called more than once reports its first call.
+    A layer called more than once reports its first call; the result lists the layers in
+    the order ``run()`` first called them.
     """
     seen: dict[str, float] = {}
     hooks = []
@@ -68,19 +69,6 @@ def signal_scale(output: Tensor) -> float:
     return float((values - values.mean(0, keepdim=True)).pow(2).mean().sqrt())
 
 
-def execution_order(layers: dict[str, nn.Module], run: Callable[[], Any]) -> list[str]:
-    """The names of ``layers`` in the order ``run()`` first calls them."""
-    order: list[str] = []
-    hooks = [module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
-             for name, module in layers.items()]
-    try:
-        run()
-    finally:
-        for handle in hooks:
-            handle.remove()
-    return list(dict.fromkeys(order))
-
-
 @torch.no_grad()
 def rescale_to(layers: dict[str, nn.Module], reference: dict[str, float],
                run: Callable[[], Any]) -> dict[str, float]:
@@ -89,7 +77,7 @@ def rescale_to(layers: dict[str, nn.Module], reference: dict[str, float],
     Returns the factor applied to each layer's effective weight (1.0 where it was left as is).
     """
     factors = {name: 1.0 for name in layers}
-    for name in execution_order(layers, run):
+    for name in output_scales(layers, run):  # in execution order
         module = layers[name]
         if not isinstance(module, MaskedMixin) or not module.prunable:
             continue
