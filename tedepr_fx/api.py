@@ -501,8 +501,7 @@ def _batches(data: Any, scoring: Scoring, loss_fn: Any, output_fn: Any) -> tuple
 def _check_example_not_needed(model: nn.Module, decisions: list[Decision], scoring: Scoring,
                               have_data: bool) -> None:
     """A clear error when a scorer that runs the model (synflow) has no inputs to run it on."""
-    rules = sorted({d.rule_name for d in decisions if d.budget is not None and d.scorer is not None
-                    and d.action in ("factorize", "prune")
+    rules = sorted({d.rule_name for d in decisions if d.masked and d.scorer is not None
                     and scorer_used(d.scorer, scoring, have_data) == "synflow"})
     if rules:
         require_example(model, f"scorer 'synflow' of rule(s) {', '.join(map(repr, rules))} runs the model "
@@ -554,7 +553,7 @@ def _rescale_inputs(scoring: Scoring, batches: Sequence[Any], example: Example |
 
 def _masked_layers(decisions: Sequence[Decision]) -> dict[str, nn.Module]:
     """The current module of every layer that has a budget (masked), by layer name."""
-    return {d.name: d.site.get() for d in decisions if d.action in ("factorize", "prune") and d.budget is not None}
+    return {d.name: d.site.get() for d in decisions if d.masked}
 
 
 def _layer_scales(root: nn.Module, decisions: Sequence[Decision], inputs: Example) -> dict[str, float]:

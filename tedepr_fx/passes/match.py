@@ -59,6 +59,11 @@ class Decision:
     def rule_name(self) -> str:
         return self.rule.name if self.rule is not None else ""
 
+    @property
+    def masked(self) -> bool:
+        """Rewritten (factorized or pruned) with a budget: its new layer carries masks."""
+        return self.action in ("factorize", "prune") and self.budget is not None
+
 
 def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list[Decision]:
     """Decide for every site of ``captured``; warn (or, with ``strict``, raise) on unused rules."""

@@ -55,10 +55,11 @@ def groups_for(model: nn.Module, decisions: Sequence[Decision],
     """
     pairs = []
     for decision in decisions:
-        if decision.action not in ("factorize", "prune") or decision.budget is None:
+        if not decision.masked:
             continue
         layer = paths[decision.name]
         budget = decision.budget
+        assert budget is not None  # masked
         pairs.append((decision, Group(
             layer=layer, targets=collect_targets(model, layers=[layer]),
             dense_params=decision.dense_params, density=budget.target_density, of=budget.of,
