@@ -194,7 +194,7 @@ def _choose_dense(model: nn.Module, name: str, module: nn.Module, batch_size: in
     sizes = (batch_size, *shape[1:]) if batch_first or len(shape) < 3 else (shape[0], batch_size, *shape[2:])
     x = torch.randn(*sizes, dtype=weights[0].dtype, device=weights[0].device)
     seconds = _measure({"chain": module, "dense": dense}, x, reps)
-    kernel = min(seconds, key=lambda k: seconds[k])
+    kernel = _fastest(seconds)
     if kernel == "dense":
         dense.train(False)
         replace_module(model, name, dense)
