@@ -120,9 +120,23 @@ def test_lstm_and_transformer_decisions():
         assert rule_for(name) == "edges", name
 
 
+def test_vit_decisions_and_floors():
+    rules = load_rules(RULES / "vit.yaml")
+    linear = {"Linear", "torch.nn.modules.linear.Linear"}
+    conv = {"Conv2d", "torch.nn.modules.conv.Conv2d"}
+    expected = {"encoder.layers.0.self_attn.q_proj": "attention-qk", "encoder.layers.1.self_attn.k_proj": "attention-qk",
+                "encoder.layers.0.self_attn.v_proj": "attention-vo", "encoder.layers.1.self_attn.out_proj": "attention-vo",
+                "encoder.layers.0.linear1": "mlp", "encoder.layers.1.linear2": "mlp", "head": "head"}
+    assert {name: rules.first_match(name, linear, 4096).name for name in expected} == expected
+    assert rules.first_match("patch_embed", conv, 1024).name == "patch-embed"
+    floors = {r.name: r.floor.min_kept for r in rules.rules if r.floor is not None}
+    assert floors == {"attention-vo": 8, "head": 20, "patch-embed": 16}
+    assert load_rules(RULES / "resnet.yaml").rules[-1].floor.min_kept == 30
+
+
 @pytest.mark.parametrize("stem, factories", [
     ("lenet", ["LeNet300100", "LeNet5"]), ("vgg", ["VGG11"]), ("resnet", ["ResNet20"]),
-    ("lstm", ["LSTMClassifier"]), ("transformer", ["ViT", "TinyTransformer"]),
+    ("lstm", ["LSTMClassifier"]), ("transformer", ["ViT", "TinyTransformer"]), ("vit", ["ViT"]),
 ])
 def test_shipped_file_plans_on_the_zoo_with_every_rule_used(stem, factories):
     import tedepr_fx

@@ -129,3 +129,57 @@ def test_min_rank_with_a_given_rank_is_a_located_error():
                                       "factorize": {"format": "tt", "rank": 4, "min_rank": 2}}]}
     with pytest.raises(RuleError, match="min_rank is a floor for rank: auto"):
         load_rules(rules)
+
+
+def _head_floor_rules(floor: dict[str, object]) -> dict[str, object]:
+    return {
+        "version": 1,
+        "defaults": {"scorer": "magnitude", "budget": {"sparsity": 0.99, "min_density": 0.0}},
+        "rules": [
+            {"name": "hidden", "match": {"name": "0"}, "action": "prune"},
+            {"name": "head", "match": {"name": "2"}, "action": "prune", "floor": floor},
+        ],
+    }
+
+
+@pytest.mark.parametrize("sparsity", [0.99, 0.995])
+def test_a_rule_floor_stays_in_the_shared_budget_and_follows_with_budget(sparsity):
+    # a rule's own budget would make a pool of its own that with_budget leaves at 0.99; a floor
+    # keeps the head in the default pool: the total is the asked-for share, the head >= 25
+    model = nn.Sequential(nn.Linear(200, 48), nn.ReLU(), nn.Linear(48, 10))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # the head's magnitudes lose every global comparison
+    rules = load_rules(_head_floor_rules({"min_kept": 25})).with_budget(sparsity=sparsity)
+    out = tedepr_fx.transform(model, rules, example_inputs=(torch.randn(2, 200),))
+    rows = {r.name: r for r in tedepr_fx.report(out).rows}
+    dense = 200 * 48 + 48 * 10
+    assert rows["0"].kept + rows["2"].kept == round((1 - sparsity) * dense)
+    assert rows["2"].kept == 25
+    unfloored = tedepr_fx.transform(model, load_rules(_head_floor_rules({"min_kept": 0})).with_budget(
+        sparsity=sparsity), example_inputs=(torch.randn(2, 200),))
+    assert {r.name: r for r in tedepr_fx.report(unfloored).rows}["2"].kept < 25  # the floor did it
+
+
+def test_a_rule_floor_min_density_replaces_the_budgets():
+    model = nn.Sequential(nn.Linear(200, 48), nn.ReLU(), nn.Linear(48, 10))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)
+    out = tedepr_fx.transform(model, _head_floor_rules({"min_density": 0.005}),
+                              example_inputs=(torch.randn(2, 200),))
+    assert {r.name: r for r in tedepr_fx.report(out).rows}["2"].kept == 3  # ceil(0.005 * 480)
+
+
+@pytest.mark.parametrize(("change", "message", "at"), [
+    (lambda r: r["rules"][1].update(action="keep"), "needs a rule that prunes", "rules[1].floor"),
+    (lambda r: r["defaults"].pop("budget"), "no budget", "rules[1].floor"),
+    (lambda r: r["rules"][1].update(floor={"min_density": 0.2}), "larger than its budget's density",
+     "rules[1].floor.min_density"),
+    (lambda r: r["rules"][1].update(floor={"min_kept": -1}), "must be at least 0",
+     "rules[1].floor.min_kept"),
+])
+def test_a_bad_floor_is_a_located_rule_error(change, message, at):
+    rules = _head_floor_rules({"min_kept": 5})
+    change(rules)
+    with pytest.raises(RuleError, match=message) as caught:
+        load_rules(rules)
+    assert at in str(caught.value)

@@ -10,14 +10,13 @@ lenet300100 LeNet-300-100 (``in -> 300 -> 100 -> 10``)          lenet        nat
 lenet5     LeNet-5 (6 and 16 5x5 conv channels, 120-84-10)      lenet5       classic
 vgg        VGG-11 with batch norm at 3/8 width (24..192 ch.)    vgg          32x32
 resnet     ResNet-20 at half width (8, 16, 32 channels)         resnet       32x32
-vit        ViT: 4x4 patches, dim 64, depth 2, 4 heads, MLP 128  transformer  32x32
+vit        ViT: 4x4 patches, dim 64, depth 2, 4 heads, MLP 128  vit          32x32
 lstm       LSTM (hidden 128) reading the image row by row       lstm         native rows
 ========== =================================================== ============ ===========
 
-3/8 is the narrowest VGG width at which every conv but the stem has at least
-10,000 weights, so that ``vgg.yaml``'s ``min_params: 10000`` Tucker rule matches all
-of them as it does in the full-width VGG-11 (at 1/4 width the second conv has
-4,608 weights and would stay dense, outside the budget). Input sizes are
+At 3/8 width the four widest VGG convs hold at least 150,000 weights each, the
+ones ``vgg.yaml`` factorizes (Tucker); the others are pruned under the same budget.
+Input sizes are
 described in :mod:`tedepr_fx.bench.datasets`.
 """
 
@@ -99,7 +98,7 @@ SUITE_MODELS: dict[str, SuiteModel] = {m.name: m for m in (
                lambda c, s, k: VGG11(in_channels=c, num_classes=k, width=VGG_WIDTH)),
     SuiteModel("resnet", "ResNet-20 (half width)", "resnet", SIDE32,
                lambda c, s, k: ResNet20(num_classes=k, width=RESNET_WIDTH, in_channels=c)),
-    SuiteModel("vit", "ViT (dim 64, depth 2)", "transformer", SIDE32,
+    SuiteModel("vit", "ViT (dim 64, depth 2)", "vit", SIDE32,
                lambda c, s, k: ViT(image_size=s, patch_size=4, in_channels=c, num_classes=k, dim=64,
                                    depth=2, heads=4, mlp_dim=128)),
     SuiteModel("lstm", "LSTM (row by row)", "lstm", NATIVE, _lstm),

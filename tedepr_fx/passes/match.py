@@ -22,7 +22,7 @@ from tedepr_fx.capture.sites import unsupported_layers
 from tedepr_fx.errors import LayerError, LocatedError, Location, RuleError
 from tedepr_fx.handlers import kinds, type_names
 from tedepr_fx.ranks import RankSpec
-from tedepr_fx.rules import Budget, Rule, RuleSet
+from tedepr_fx.rules import Budget, Floor, Rule, RuleSet
 
 # type names a functional call answers to, besides the module kind's own
 _FUNCTIONAL_NAMES = {
@@ -48,6 +48,7 @@ class Decision:
     scorer: str | None = None
     budget: Budget | None = None
     budget_id: str = "default"
+    floor: Floor | None = None  # the rule's floors inside its budget
     min_rank: int | None = None  # the rule's floor for rank "auto"
     auto_rank: int | None = None  # set by the factorize pass when rank is "auto"
 
@@ -94,6 +95,7 @@ def match(captured: Captured, ruleset: RuleSet, *, strict: bool = False) -> list
             budget = rule.effective_budget(ruleset.defaults)
             decision.budget = budget
             decision.budget_id = f"rule:{rule.name}" if rule.budget is not None else "default"
+            decision.floor = rule.floor
             decision.scorer = rule.effective_scorer(ruleset.defaults) if budget is not None else None
         fact = rule.factorize
         if rule.action == "factorize" and fact is not None:  # the schema requires it there

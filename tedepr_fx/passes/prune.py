@@ -60,11 +60,15 @@ def groups_for(model: nn.Module, decisions: Sequence[Decision],
         layer = paths[decision.name]
         budget = decision.budget
         assert budget is not None  # masked
+        floor = decision.floor
+        min_kept = max(budget.min_kept, floor.min_kept) if floor is not None else budget.min_kept
+        min_density = floor.min_density if floor is not None and floor.min_density is not None \
+            else budget.min_density
         pairs.append((decision, Group(
             layer=layer, targets=collect_targets(model, layers=[layer]),
             dense_params=decision.dense_params, density=budget.target_density, of=budget.of,
-            allocation=budget.allocation, min_density=budget.min_density,
-            budget_id=decision.budget_id, dense_shape=tuple(decision.dense_shape), min_kept=budget.min_kept,
+            allocation=budget.allocation, min_density=min_density,
+            budget_id=decision.budget_id, dense_shape=tuple(decision.dense_shape), min_kept=min_kept,
         )))
     return pairs
 

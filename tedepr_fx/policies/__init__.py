@@ -1,4 +1,5 @@
-"""The policy files shipped with the package: ``lenet``, ``vgg``, ``resnet``, ``transformer``, ``lstm``.
+"""The policy files shipped with the package: ``lenet``, ``lenet5``, ``vgg``, ``resnet``, ``transformer``,
+``vit``, ``lstm``.
 
 They are package data, so they are found the same way in a clone, an editable install and
 an installed wheel. In a clone, ``rules/`` at the repository root is a link to this folder.

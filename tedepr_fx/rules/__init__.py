@@ -9,6 +9,7 @@ from tedepr_fx.rules.schema import (
     Budget,
     Defaults,
     Factorization,
+    Floor,
     InitName,
     Match,
     Rule,
@@ -27,7 +28,7 @@ from tedepr_fx.rules.scoring import (
 )
 
 __all__ = [
-    "MAX_DEPTH", "MAX_NODES", "Budget", "Defaults", "Factorization", "InitName", "Match", "Rule",
+    "MAX_DEPTH", "MAX_NODES", "Budget", "Defaults", "Factorization", "Floor", "InitName", "Match", "Rule",
     "RuleSet", "ScorerName", "Scoring", "TTFactorization", "TTModes", "TuckerFactorization",
     "ScorerOptions", "TrainabilityOptions", "GraspOptions", "SynflowOptions", "ForceOptions",
     "load_rules", "parse_rules",

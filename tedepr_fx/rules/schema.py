@@ -125,6 +125,22 @@ class Budget(_Model):
         return self.density if self.density is not None else 1.0 - cast(float, self.sparsity)
 
 
+class Floor(_Model):
+    """Floors of one rule's layers inside the budget they share with other rules.
+
+    A rule's own ``budget`` makes a pool of its own whose share ``with_budget`` leaves as
+    written; ``floor`` keeps the layers in the shared pool (the default budget follows the
+    sparsity asked for) and only raises what each of them keeps at least.
+    """
+
+    min_kept: int = Field(
+        0, ge=0, description="At least this many entries kept in each layer of the rule (its best-scored "
+        "ones, capped at what it stores), taken from the budget the rule shares.")
+    min_density: float | None = Field(
+        None, ge=0.0, le=1.0, description="Replaces the budget's min_density for this rule's layers: at least "
+        "this share of every prunable tensor, in [0, 1].")
+
+
 class Defaults(_Model):
     """What a rule uses when it does not say otherwise."""
 
@@ -290,6 +306,8 @@ class Rule(_Model):
     factorize: Factorization | None = Field(
         None, description="Required when action is factorize, forbidden otherwise.")
     budget: Budget | None = Field(None, description="Overrides defaults.budget for this rule.")
+    floor: Floor | None = Field(
+        None, description="Per-layer floors inside the budget the rule uses (no pool of its own).")
     scorer: ScorerName | None = Field(None, description="Overrides defaults.scorer for this rule.")
     init: InitName | None = Field(None, description="Overrides defaults.init for this rule.")
 
@@ -318,6 +336,10 @@ class Rule(_Model):
             raise PydanticCustomError(
                 "factorize", "a 'factorize:' section is only allowed with action: factorize "
                              "(action is {action})", {"action": self.action, "at": [("factorize",)]})
+        if self.action == "keep" and self.floor is not None:
+            raise PydanticCustomError(
+                "floor", "a 'floor:' section needs a rule that prunes (action is keep: nothing is pruned)",
+                {"at": [("floor",)]})
         return self
 
     def effective_budget(self, defaults: Defaults) -> Budget | None:
@@ -415,6 +437,22 @@ class RuleSet(_Model):
                 "or raise the density", {"floor": budget.min_density, "density": round(budget.target_density, 6),
                                          "rules": ", ".join(f"'{r.name}' ({r.action})" for r in rules),
                                          "at": [at]})
+        for i, rule in enumerate(self.rules):
+            if rule.floor is None or rule.action == "keep":
+                continue
+            budget = rule.effective_budget(self.defaults)
+            if budget is None:
+                raise PydanticCustomError(
+                    "floor", "rule '{rule}' has a 'floor:' but no budget (neither its own nor defaults.budget): "
+                    "without pruning there is nothing to floor", {"rule": rule.name, "at": [("rules", i, "floor")]})
+            floor = rule.floor.min_density
+            if (floor is not None and floor > budget.target_density
+                    and not (rule.action == "factorize" and budget.of == "dense")):
+                raise PydanticCustomError(
+                    "min_density", "floor.min_density {floor} of rule '{rule}' is larger than its budget's density "
+                    "{density}: every layer of the rule would keep more than its budget; lower it or raise the "
+                    "density", {"floor": floor, "rule": rule.name, "density": round(budget.target_density, 6),
+                                "at": [("rules", i, "floor", "min_density")]})
         return self
 
     def rule_where(self, index: int) -> Location:
