@@ -230,6 +230,9 @@ def test_method_rules():
     assert pruned.budget.target_density == pytest.approx(0.01)  # a prune rule keeps its share
     vit = {r.name: r for r in lowrank_rules(load_rules(policy_path("transformer")), 0.99).rules}
     assert vit["edges"].budget.min_density == pytest.approx(0.01)  # 0.05 in the policy: capped at the share
+    floored = {r.name: r for r in lowrank_rules(load_rules(policy_path("vit")), 0.99).rules}
+    assert floored["attention-vo"].floor is None and floored["attention-vo"].budget is None  # not pruned
+    assert floored["head"].floor.min_kept == 20 and floored["head"].budget.target_density == pytest.approx(0.01)
     base = baseline_rules("synflow", policy, 0.998)
     assert base.defaults.scorer == "synflow" and base.defaults.budget.target_density == pytest.approx(0.002)
     assert base.scoring == policy.scoring

@@ -17,7 +17,7 @@ batches and counts its sparsity against the dense weights:
 * ``lowrank``: the policy's structure with no pruning of the factors: every
   ``factorize`` rule gets the rank whose factors hold at most ``1 - sparsity`` of the
   layer's dense weights (a float rank share: the largest rank that fits, at least 1)
-  and no budget; ``prune`` rules keep the policy's pruning at the same sparsity
+  and no budget (nor ``floor``); ``prune`` rules keep the policy's pruning at the same sparsity
   (their shared default budget becomes a budget of each rule, its ``min_density``
   capped at that share), ``keep`` rules keep.
   So the model keeps about the count TEDEPR keeps, from rank alone in the factorized
@@ -83,6 +83,7 @@ def lowrank_rules(policy: RuleSet, sparsity: float) -> RuleSet:
             share = budget.target_density if budget is not None else 1.0
             raw["factorize"]["rank"] = min(1.0, max(float(share), 1e-9))
             raw.pop("budget", None)
+            raw.pop("floor", None)  # nothing is pruned, so there is nothing to floor
         elif rule.action == "prune" and "budget" not in raw and default_budget is not None:
             raw["budget"] = _own_share(default_budget, budget)
         rules.append(raw)
