@@ -254,3 +254,22 @@ def test_random_is_seeded_and_seed_dependent():
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["0.weight"], c["0.weight"])
     assert all(((v >= 0) & (v < 1)).all() for v in a.values())
+
+
+@pytest.mark.parametrize("scorer", ["trainability", "grasp"])
+def test_scorers_that_differentiate_twice_work_through_torch_attention(scorer):
+    # nn.MultiheadAttention runs the fused CPU attention kernel, which has no double
+    # backward; exact trainability and GraSP must switch to the math kernel themselves
+    import tedepr_fx
+    from tedepr_fx.models import ViT
+
+    torch.manual_seed(0)
+    model = ViT(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=16, depth=1, heads=2, mlp_dim=32)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(2)]
+    rules = tedepr_fx.load_rules("rules/vit.yaml").model_copy(update={"defaults": tedepr_fx.load_rules(
+        "rules/vit.yaml").defaults.model_copy(update={"scorer": scorer})})
+    out = tedepr_fx.transform(model, rules.with_budget(sparsity=0.9), data=data, verbose=False)
+    assert tedepr_fx.report(out).totals["kept"] > 0
+    assert get_scorer("trainability").differentiates_twice
+    assert not get_scorer("trainability", first_order=True).differentiates_twice

@@ -7,17 +7,17 @@ seeded scoring batches, and training sees the same batches in the same order
 
 Transform (and so scoring) runs with PyTorch's ``math`` attention kernel: the
 fused CPU attention kernel has no double backward, which GraSP and the exact
-trainability meta-gradient need on the ViT. Every method runs under it alike.
+trainability meta-gradient need on the ViT. The library's scorers switch to it
+themselves where they differentiate twice; the suite runs the whole transform under
+it so that every method, the forward-only ones included, runs the same kernel.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import platform
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from tedepr_fx.bench.zoo import SUITE_MODELS
 from tedepr_fx.data import Dataset, make_loaders, scoring_batches
 from tedepr_fx.policies import path as policy_path
 from tedepr_fx.rules import load_rules
+from tedepr_fx.scoring.base import math_attention
 from tedepr_fx.train import evaluate, train
 
 RECORD_SCHEMA = 1
@@ -87,17 +88,6 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-@contextlib.contextmanager
-def _math_attention() -> Iterator[None]:
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: no kernel choice, nothing to do
-        yield
-        return
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
-
-
 def run_cell(cell: Cell, suite: Suite, data: Dataset, *, progress: bool = False,
              config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one cell on ``data`` (as the model reads it); return its record (``status: "ok"``).
@@ -127,7 +117,7 @@ def run_cell(cell: Cell, suite: Suite, data: Dataset, *, progress: bool = False,
     caught: list[str] = []
     model: nn.Module = dense
     if rules is not None:
-        with warnings.catch_warnings(record=True) as seen, _math_attention():
+        with warnings.catch_warnings(record=True) as seen, math_attention():
             warnings.simplefilter("always")
             model = transform(dense, rules, example_inputs=example, data=batches, seed=cell.seed,
                               verbose=progress)

@@ -213,7 +213,8 @@ class Scorer:
                    output_fn or default_output_fn, example_inputs, density, where)
         # fork the RNG so that dropout during scoring is seeded and the caller's stream is untouched
         cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-        with seeded(self.seed, cuda), _preserved(model):
+        with seeded(self.seed, cuda), _preserved(model), \
+                math_attention(self.differentiates_twice):
             scores = self._score(run)
         if self.needs_data:
             check_not_all_zero(scores, f"{where}scorer {self.name!r} gave every entry a score of zero")
@@ -228,6 +229,12 @@ class Scorer:
                 )
             out[target.key] = s.to(torch.float32).reshape(target.tensor().shape).clone()
         return out
+
+    @property
+    def differentiates_twice(self) -> bool:
+        """Whether scoring differentiates a gradient (GraSP, exact trainability): the fused
+        attention kernels have no double backward, so scoring then runs PyTorch's math one."""
+        return False
 
     def _score(self, run: _Run) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -332,6 +339,26 @@ class _Run:
                     "loss_fn=callable(outputs, targets) -> scalar (or 'classification', 'causal_lm', "
                     "'masked_lm')")
         return f"{what}; check the targets against loss_fn, or pass another loss_fn"
+
+
+@contextmanager
+def math_attention(enabled: bool = True) -> Iterator[None]:
+    """Run ``scaled_dot_product_attention`` with PyTorch's math kernel inside the block.
+
+    The fused CPU kernel (flash attention) has no derivative of its backward, so a double
+    backward through ``nn.MultiheadAttention`` fails with "derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented". The
+    math kernel computes the same attention with ordinary, twice-differentiable ops.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no kernel choice
+        enabled = False
+    if not enabled:
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
 
 
 @contextmanager

@@ -31,6 +31,10 @@ class GraspScorer(Scorer):
     options_model = GraspOptions
     options: GraspOptions
 
+    @property
+    def differentiates_twice(self) -> bool:
+        return True  # a Hessian-gradient product
+
     def _score(self, run: _Run) -> dict[str, Tensor]:
         run.model.train()
         masks = run.ones(requires_grad=False)

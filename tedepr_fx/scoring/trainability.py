@@ -105,6 +105,10 @@ class TrainabilityScorer(Scorer):
         return self._unrolled(run, masks, batches, bar)
 
     @property
+    def differentiates_twice(self) -> bool:
+        return not self.options.first_order
+
+    @property
     def _checkpointed(self) -> bool:
         return self.options.checkpoint and not self.options.first_order
 
